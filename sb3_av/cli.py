@@ -1,0 +1,69 @@
+"""The ``sb3-av`` command: ``sb3-av evaluate | check-logs | plot``.
+
+Each subcommand lives in its module as a pair ``add_*_arguments(parser)`` / ``run_*_command(args) -> int``;
+this file only maps names to them (imported when used, so ``sb3-av check-logs`` does not load the simulators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+#: subcommand -> (module, arguments function, run function, help)
+_SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "evaluate": (
+        "sb3_av.evaluation",
+        "add_evaluate_arguments",
+        "run_evaluate_command",
+        "evaluate a saved model, a run folder or the PID + pure-pursuit baseline: driving metrics as a table and JSON",
+    ),
+    "check-logs": (
+        "sb3_av.log_check",
+        "add_check_logs_arguments",
+        "run_check_logs_command",
+        "check a run's gradient diagnostics (AFTER <= max_norm, actor MLP norms > 0, alerts); exit 1 on failure",
+    ),
+    "plot": (
+        "sb3_av.plotting",
+        "add_plot_arguments",
+        "run_plot_command",
+        "write learning curves (return, success rate, gradient norms) of run folders as PNG",
+    ),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sb3-av", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, add_arguments, _, help_text) in _SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        getattr(importlib.import_module(module_name), add_arguments)(subparser)
+    return parser
+
+
+def _version() -> str:
+    from sb3_av import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sb3-av`` console script; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _build_parser().parse_args(argv)
+    module_name, _, run, _ = _SUBCOMMANDS[args.command]
+    try:
+        return int(getattr(importlib.import_module(module_name), run)(args))
+    except KeyboardInterrupt:
+        print("sb3-av: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""TD3 policies of sb3-av: SB3's TD3 policy with the driving extractor and a critic-trained shared encoder.
+
+Parameter groups (what ``max_grad_norms`` names) in each mode:
+
+- ``share_features_extractor=False`` (SB3's default): ``actor_cnn`` = the actor's own extractor,
+  ``actor_mlp`` = ``actor.mu``, ``critic_cnn`` = the critic's own extractor, ``critic_mlp`` = ``critic.q_networks``.
+- ``share_features_extractor=True``: ``critic_cnn`` = the one shared encoder, ``actor_mlp`` = ``actor.mu``,
+  ``critic_mlp`` = ``critic.q_networks``; there is no ``actor_cnn`` group (the actor reads detached features).
+
+With ``share_features_extractor=True`` sb3-av does what the pixel-RL literature does (DrQ-v2, Yarats et al.
+2021, "Mastering Visual Continuous Control"): one encoder, trained by the critic loss only; the actor sees
+its output detached. SB3's own sharing trains the encoder from the actor loss only (the critic computes
+features under ``no_grad``), so a critic-CNN clip would do nothing there; sb3-av does not offer that mode.
+The targets keep a full copy of the encoder, shared by the actor and critic targets and updated once per
+target update (SB3's shared mode updates it twice, an effective 2 * tau).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.td3.policies import Actor
+from stable_baselines3.td3.policies import TD3Policy as _SB3TD3Policy
+from torch import nn
+
+from sb3_av.torch_layers import MultiInputExtractor
+
+__all__ = ["CnnPolicy", "EncoderActor", "MlpPolicy", "MultiInputPolicy", "TD3Policy"]
+
+
+class EncoderActor(Actor):
+    """SB3's TD3 actor that can read its features detached from a shared encoder.
+
+    :param detach_features: compute the features without gradient (the encoder belongs to the critic).
+    """
+
+    def __init__(self, *args: Any, detach_features: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.detach_features = detach_features
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["detach_features"] = self.detach_features
+        return data
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        with th.set_grad_enabled(th.is_grad_enabled() and not self.detach_features):
+            features = self.extract_features(obs, self.features_extractor)
+        return self.mu(features)
+
+
+class TD3Policy(_SB3TD3Policy):
+    """SB3's TD3 policy, where ``share_features_extractor=True`` means one critic-trained encoder (DrQ-v2).
+
+    Same parameters as :class:`stable_baselines3.td3.policies.TD3Policy`; see the module docstring for the
+    groups of each mode.
+    """
+
+    actor: EncoderActor
+    actor_target: EncoderActor
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> EncoderActor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return EncoderActor(**actor_kwargs, detach_features=self.share_features_extractor).to(self.device)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        # The critic always computes its features with gradient: in shared mode it is the one that trains them.
+        critic_kwargs["share_features_extractor"] = False
+        return ContinuousCritic(**critic_kwargs).to(self.device)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        if not self.share_features_extractor:
+            super()._build(lr_schedule)
+            return
+        encoder = self.make_features_extractor()
+        target_encoder = self.make_features_extractor()
+        self.critic = self.make_critic(features_extractor=encoder)
+        self.critic_target = self.make_critic(features_extractor=target_encoder)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.actor = self.make_actor(features_extractor=encoder)
+        self.actor_target = self.make_actor(features_extractor=target_encoder)
+        self.actor_target.mu.load_state_dict(self.actor.mu.state_dict())
+
+        # The actor's optimizer must not move the encoder: it is trained by the critic loss only.
+        self.actor.optimizer = self.optimizer_class(
+            self.actor.mu.parameters(),
+            lr=lr_schedule(1),  # type: ignore[call-arg]
+            **self.optimizer_kwargs,
+        )
+        self.critic.optimizer = self.optimizer_class(
+            self.critic.parameters(),
+            lr=lr_schedule(1),  # type: ignore[call-arg]
+            **self.optimizer_kwargs,
+        )
+        self.actor_target.set_training_mode(False)
+        self.critic_target.set_training_mode(False)
+
+    def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Online and target parameters for the soft (Polyak) update, each parameter exactly once.
+
+        :return: (online, target) lists in matching order: the critic's, then the actor's (without the shared
+            encoder in shared mode, which the critic's list already holds).
+        """
+        if not self.share_features_extractor:
+            online = [*self.critic.parameters(), *self.actor.parameters()]
+            target = [*self.critic_target.parameters(), *self.actor_target.parameters()]
+            return online, target
+        return (
+            [*self.critic.parameters(), *self.actor.mu.parameters()],
+            [*self.critic_target.parameters(), *self.actor_target.mu.parameters()],
+        )
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.actor(observation)
+
+
+MlpPolicy = TD3Policy
+
+
+class CnnPolicy(TD3Policy):
+    """:class:`TD3Policy` with SB3's NatureCNN as default extractor (image observations)."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        n_critics: int = 2,
+        share_features_extractor: bool = False,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+            n_critics,
+            share_features_extractor,
+        )
+
+
+class MultiInputPolicy(TD3Policy):
+    """:class:`TD3Policy` for the driving Dict observation, with :class:`~sb3_av.torch_layers.MultiInputExtractor`.
+
+    The default head is ``net_arch=[256, 256]`` (SB3's choice for CNN features).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = MultiInputExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        n_critics: int = 2,
+        share_features_extractor: bool = False,
+    ) -> None:
+        if net_arch is None and features_extractor_class is not FlattenExtractor:
+            net_arch = [256, 256]
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+            n_critics,
+            share_features_extractor,
+        )

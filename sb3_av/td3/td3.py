@@ -1,0 +1,318 @@
+"""ClippedTD3 and ClippedDDPG: SB3's TD3/DDPG with per-group gradient clipping and exact norm bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.td3 import TD3
+from torch.nn import functional as F
+
+from sb3_av.clipping import GradClipMixin
+from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
+from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
+
+__all__ = ["ClippedDDPG", "ClippedTD3"]
+
+SelfClippedTD3 = TypeVar("SelfClippedTD3", bound="ClippedTD3")
+
+
+class ClippedTD3(GradClipMixin, TD3):
+    """Twin Delayed DDPG (Fujimoto et al. 2018, "Addressing Function Approximation Error in Actor-Critic
+    Methods") with gradient clipping per parameter group and exact global L2 norms.
+
+    Takes every parameter of :class:`stable_baselines3.TD3`, plus:
+
+    :param max_grad_norms: group name -> max global L2 norm of that group's gradient, or None to only measure
+        it. Groups: ``actor_cnn``, ``actor_mlp``, ``critic_cnn``, ``critic_mlp`` (see
+        :mod:`sb3_av.td3.policies` for which modules each names). An unknown name is a ``ValueError``. With
+        every value None, training is numerically identical to SB3's TD3.
+
+    After each backward pass ``train()`` measures every group of the network in one fused pass, clips the
+    groups that have a max_norm, and skips the optimizer step (weights untouched) when a gradient is NaN/Inf.
+    The norms stay on the device; one host copy per ``train()`` call fills :attr:`grad_norms`, which
+    :class:`sb3_av.callbacks.GradientMonitorCallback` logs and checks for explosions.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: TD3Policy
+
+    def __init__(
+        self,
+        policy: str | type[TD3Policy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        policy_delay: int = 2,
+        target_policy_noise: float = 0.2,
+        target_noise_clip: float = 0.5,
+        max_grad_norms: dict[str, float | None] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        self.max_grad_norms = validate_max_grad_norms(max_grad_norms)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            action_noise=action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_delay=policy_delay,
+            target_policy_noise=target_policy_noise,
+            target_noise_clip=target_noise_clip,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._setup_grad_clipping()
+
+    @property
+    def _shared_encoder(self) -> bool:
+        return bool(getattr(self.policy, "share_features_extractor", False)) and isinstance(self.policy, TD3Policy)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+
+        # Update learning rate according to lr schedule
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+
+        actor_losses: list[th.Tensor] = []
+        critic_losses: list[th.Tensor] = []
+        critic_norms: list[tuple[int, StepNorms]] = []
+        actor_norms: list[tuple[int, StepNorms]] = []
+        gradient_step = self._shared_encoder_step if self._shared_encoder else self._separate_step
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            # Sample replay buffer
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # Delayed policy updates
+            update_actor = self._n_updates % self.policy_delay == 0
+            critic_loss, critic_step, actor_loss, actor_step = gradient_step(replay_data, update_actor)
+            critic_losses.append(critic_loss)
+            critic_norms.append((self._n_updates, critic_step))
+            if actor_loss is not None and actor_step is not None:
+                actor_losses.append(actor_loss)
+                actor_norms.append((self._n_updates, actor_step))
+                online, target = self._target_update_parameters()
+                polyak_update(online, target, self.tau)
+                # Copy running stats, see GH issue #996
+                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+
+        losses = self._flush_train_stats(critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses})
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if len(actor_losses) > 0:
+            self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
+        self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
+
+    def _separate_step(
+        self, replay_data: ReplayBufferSamples, update_actor: bool
+    ) -> tuple[th.Tensor, StepNorms, th.Tensor | None, StepNorms | None]:
+        """One TD3 gradient step exactly as SB3's, with the optimizer steps clipped and guarded."""
+        # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        with th.no_grad():
+            # Select action according to policy and add clipped noise
+            noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
+            noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+            next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
+
+            # Compute the next Q-values: min over all critics targets
+            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+        # Get current Q-values estimates for each critic network
+        current_q_values = self.critic(replay_data.observations, replay_data.actions)
+
+        # Compute critic loss
+        critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+        assert isinstance(critic_loss, th.Tensor)
+
+        # Optimize the critics
+        self.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        critic_step = self._critic_clipper.step(self.critic.optimizer)
+
+        if not update_actor:
+            return critic_loss.detach(), critic_step, None, None
+        # Compute actor loss
+        actor_loss = -self.critic.q1_forward(replay_data.observations, self.actor(replay_data.observations)).mean()
+
+        # Optimize the actor
+        self.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        actor_step = self._actor_clipper.step(self.actor.optimizer)
+        return critic_loss.detach(), critic_step, actor_loss.detach(), actor_step
+
+    def _shared_encoder_step(
+        self, replay_data: ReplayBufferSamples, update_actor: bool
+    ) -> tuple[th.Tensor, StepNorms, th.Tensor | None, StepNorms | None]:
+        """One gradient step with one critic-trained encoder (DrQ-v2): each batch is encoded once.
+
+        The observations go through the encoder once (with gradient, for the critic loss) and the next
+        observations through the target encoder once (shared by the actor and critic targets). The actor loss
+        reads the same features, detached, as DrQ-v2 does.
+        """
+        policy = self.policy
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        with th.no_grad():
+            next_features = self._encode(replay_data.next_observations, self.critic_target)
+            noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
+            noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+            next_actions = (policy.actor_target.mu(next_features) + noise).clamp(-1, 1)
+            next_input = th.cat([next_features, next_actions], dim=1)
+            next_q_values = th.cat([q_net(next_input) for q_net in self.critic_target.q_networks], dim=1)
+            next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+        features = self._encode(replay_data.observations, self.critic)
+        q_input = th.cat([features, replay_data.actions], dim=1)
+        critic_loss = sum(F.mse_loss(q_net(q_input), target_q_values) for q_net in self.critic.q_networks)
+        assert isinstance(critic_loss, th.Tensor)
+        self.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        critic_step = self._critic_clipper.step(self.critic.optimizer)
+
+        if not update_actor:
+            return critic_loss.detach(), critic_step, None, None
+        detached = features.detach()
+        actor_loss = -self.critic.q_networks[0](th.cat([detached, policy.actor.mu(detached)], dim=1)).mean()
+        self.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        actor_step = self._actor_clipper.step(self.actor.optimizer)
+        return critic_loss.detach(), critic_step, actor_loss.detach(), actor_step
+
+    def _target_update_parameters(self) -> tuple[list[th.nn.Parameter], list[th.nn.Parameter]]:
+        """Online and target parameters of the soft update (the critic's, then the actor's), as SB3 orders them."""
+        if isinstance(self.policy, TD3Policy):
+            return self.policy.target_update_parameters()
+        return (
+            [*self.critic.parameters(), *self.actor.parameters()],
+            [*self.critic_target.parameters(), *self.actor_target.parameters()],
+        )
+
+    def _encode(self, observations: Any, network: Any) -> th.Tensor:
+        """Preprocess a batch once and run it through ``network``'s features extractor."""
+        preprocessed = preprocess_obs(observations, self.observation_space, normalize_images=network.normalize_images)
+        return network.features_extractor(preprocessed)
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + self._grad_clip_excluded_params()
+
+
+class ClippedDDPG(ClippedTD3):
+    """Deep Deterministic Policy Gradient (Lillicrap et al. 2016) with sb3-av's per-group clipping.
+
+    SB3's DDPG is TD3 without its tricks (one critic, no policy delay, no target smoothing); this is
+    :class:`ClippedTD3` configured the same way. Parameters as :class:`stable_baselines3.DDPG` plus
+    ``max_grad_norms`` (see :class:`ClippedTD3`).
+    """
+
+    def __init__(
+        self,
+        policy: str | type[TD3Policy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        max_grad_norms: dict[str, float | None] | None = None,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy=policy,
+            env=env,
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            action_noise=action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            max_grad_norms=max_grad_norms,
+            policy_kwargs=policy_kwargs,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            # Remove all tricks from TD3 to obtain DDPG:
+            # we still need to specify target_policy_noise > 0 to avoid errors
+            policy_delay=1,
+            target_noise_clip=0.0,
+            target_policy_noise=0.1,
+            _init_setup_model=False,
+        )
+        # Use only one critic
+        if "n_critics" not in self.policy_kwargs:
+            self.policy_kwargs["n_critics"] = 1
+        if _init_setup_model:
+            self._setup_model()
+
+    def learn(self: SelfClippedTD3, *args: Any, tb_log_name: str = "DDPG", **kwargs: Any) -> SelfClippedTD3:  # type: ignore[override]
+        return super().learn(*args, tb_log_name=tb_log_name, **kwargs)

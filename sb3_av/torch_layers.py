@@ -1,0 +1,88 @@
+"""Feature extractors for the driving observation: a stacked grayscale image plus a vector of ego/route features."""
+
+from __future__ import annotations
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+__all__ = ["MultiInputExtractor"]
+
+
+class MultiInputExtractor(BaseFeaturesExtractor):
+    """A NatureCNN over the image key and an MLP over the vector key, concatenated.
+
+    The CNN is the one of Mnih et al. (2015), "Human-level control through deep reinforcement learning"
+    (convolutions 8x8/4, 4x4/2, 3x3/1 with 32, 64, 64 channels), followed by a linear layer of
+    ``cnn_output_dim`` units. The vector goes through one linear layer of ``vector_output_dim`` units.
+    Both end in a ReLU. Images arrive already scaled to [0, 1] by SB3's ``preprocess_obs``
+    (``normalize_images=True``).
+
+    :param observation_space: a Dict space with ``image_key`` (``(C, H, W)`` uint8 image, channel-first) and
+        ``vector_key`` (``(n,)`` float vector).
+    :param cnn_output_dim: units of the CNN's output layer.
+    :param vector_output_dim: units of the vector MLP (0: pass the vector through unchanged).
+    :param image_key: name of the image entry.
+    :param vector_key: name of the vector entry.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        cnn_output_dim: int = 256,
+        vector_output_dim: int = 64,
+        image_key: str = "image",
+        vector_key: str = "vector",
+    ) -> None:
+        _check_space(observation_space, image_key, vector_key)
+        image_space = observation_space[image_key]
+        vector_size = int(observation_space[vector_key].shape[0])
+        features_dim = cnn_output_dim + (vector_output_dim if vector_output_dim > 0 else vector_size)
+        super().__init__(observation_space, features_dim)
+        self.image_key = image_key
+        self.vector_key = vector_key
+
+        n_channels = image_space.shape[0]
+        self.cnn = nn.Sequential(
+            nn.Conv2d(n_channels, 32, kernel_size=8, stride=4, padding=0),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2, padding=0),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=0),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with th.no_grad():
+            n_flatten = self.cnn(th.zeros(1, *image_space.shape)).shape[1]
+        self.image_head = nn.Sequential(nn.Linear(n_flatten, cnn_output_dim), nn.ReLU())
+        self.vector_head: nn.Module = (
+            nn.Sequential(nn.Linear(vector_size, vector_output_dim), nn.ReLU()) if vector_output_dim > 0 else nn.Identity()
+        )
+
+    def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
+        """Features of a batch.
+
+        :param observations: ``image``: ``(B, C, H, W)`` float in [0, 1]; ``vector``: ``(B, n)``.
+        :return: ``(B, features_dim)``.
+        """
+        image_features = self.image_head(self.cnn(observations[self.image_key]))
+        vector_features = self.vector_head(observations[self.vector_key])
+        return th.cat([image_features, vector_features], dim=1)
+
+
+def _check_space(observation_space: spaces.Space, image_key: str, vector_key: str) -> None:
+    if not isinstance(observation_space, spaces.Dict):
+        raise TypeError(f"MultiInputExtractor needs a Dict observation space, got {observation_space}")
+    missing = [key for key in (image_key, vector_key) if key not in observation_space.spaces]
+    if missing:
+        raise ValueError(
+            f"MultiInputExtractor: observation space has no {missing} key(s); it has {list(observation_space.spaces)}"
+        )
+    image_space = observation_space[image_key]
+    if not is_image_space(image_space, check_channels=False) or len(image_space.shape) != 3:
+        raise ValueError(f"MultiInputExtractor: {image_key!r} must be a (C, H, W) uint8 image box, got {image_space}")
+    vector_space = observation_space[vector_key]
+    if not isinstance(vector_space, spaces.Box) or len(vector_space.shape) != 1:
+        raise ValueError(f"MultiInputExtractor: {vector_key!r} must be a 1-D Box, got {vector_space}")
