@@ -37,13 +37,16 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` imports its module to add its arguments."""
     parser = argparse.ArgumentParser(prog="sb3-av", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     for name, (module_name, add_arguments, _, help_text) in _SUBCOMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
-        getattr(importlib.import_module(module_name), add_arguments)(subparser)
+        if name == chosen:
+            getattr(importlib.import_module(module_name), add_arguments)(subparser)
     return parser
 
 
@@ -56,7 +59,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sb3-av`` console script; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser(argv).parse_args(argv)
     module_name, _, run, _ = _SUBCOMMANDS[args.command]
     try:
         return int(getattr(importlib.import_module(module_name), run)(args))
