@@ -32,7 +32,9 @@ def network_groups(network: nn.Module, optimizer: th.optim.Optimizer, prefix: st
     :param optimizer: the optimizer of that network.
     :param prefix: "actor" or "critic".
     """
-    extractor_ids = {id(p) for p in network.features_extractor.parameters()}
+    extractor = network.features_extractor
+    assert isinstance(extractor, nn.Module)
+    extractor_ids = {id(p) for p in extractor.parameters()}
     optimized = [p for group in optimizer.param_groups for p in group["params"]]
     return {
         f"{prefix}_cnn": [p for p in optimized if id(p) in extractor_ids],

@@ -36,15 +36,13 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         image_key: str = "image",
         vector_key: str = "vector",
     ) -> None:
-        _check_space(observation_space, image_key, vector_key)
-        image_space = observation_space[image_key]
-        vector_size = int(observation_space[vector_key].shape[0])
+        image_shape, vector_size = _check_space(observation_space, image_key, vector_key)
         features_dim = cnn_output_dim + (vector_output_dim if vector_output_dim > 0 else vector_size)
         super().__init__(observation_space, features_dim)
         self.image_key = image_key
         self.vector_key = vector_key
 
-        n_channels = image_space.shape[0]
+        n_channels = image_shape[0]
         self.cnn = nn.Sequential(
             nn.Conv2d(n_channels, 32, kernel_size=8, stride=4, padding=0),
             nn.ReLU(),
@@ -55,7 +53,7 @@ class MultiInputExtractor(BaseFeaturesExtractor):
             nn.Flatten(),
         )
         with th.no_grad():
-            n_flatten = self.cnn(th.zeros(1, *image_space.shape)).shape[1]
+            n_flatten = self.cnn(th.zeros(1, *image_shape)).shape[1]
         self.image_head = nn.Sequential(nn.Linear(n_flatten, cnn_output_dim), nn.ReLU())
         self.vector_head: nn.Module = (
             nn.Sequential(nn.Linear(vector_size, vector_output_dim), nn.ReLU()) if vector_output_dim > 0 else nn.Identity()
@@ -72,7 +70,8 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         return th.cat([image_features, vector_features], dim=1)
 
 
-def _check_space(observation_space: spaces.Space, image_key: str, vector_key: str) -> None:
+def _check_space(observation_space: spaces.Space, image_key: str, vector_key: str) -> tuple[tuple[int, ...], int]:
+    """Validate the Dict space; return the image shape ``(C, H, W)`` and the vector size."""
     if not isinstance(observation_space, spaces.Dict):
         raise TypeError(f"MultiInputExtractor needs a Dict observation space, got {observation_space}")
     missing = [key for key in (image_key, vector_key) if key not in observation_space.spaces]
@@ -81,8 +80,9 @@ def _check_space(observation_space: spaces.Space, image_key: str, vector_key: st
             f"MultiInputExtractor: observation space has no {missing} key(s); it has {list(observation_space.spaces)}"
         )
     image_space = observation_space[image_key]
-    if not is_image_space(image_space, check_channels=False) or len(image_space.shape) != 3:
+    if not is_image_space(image_space, check_channels=False) or len(image_space.shape or ()) != 3:
         raise ValueError(f"MultiInputExtractor: {image_key!r} must be a (C, H, W) uint8 image box, got {image_space}")
     vector_space = observation_space[vector_key]
     if not isinstance(vector_space, spaces.Box) or len(vector_space.shape) != 1:
         raise ValueError(f"MultiInputExtractor: {vector_key!r} must be a 1-D Box, got {vector_space}")
+    return tuple(image_space.shape or ()), int(vector_space.shape[0])

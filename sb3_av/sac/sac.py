@@ -6,8 +6,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.type_aliases import ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac import SAC
 from stable_baselines3.sac.policies import CnnPolicy, MlpPolicy
@@ -24,8 +25,9 @@ __all__ = ["ClippedSAC", "MultiInputPolicy", "SoftActorCriticTrainMixin"]
 class MultiInputPolicy(_SB3MultiInputPolicy):
     """SB3's SAC ``MultiInputPolicy`` with :class:`~sb3_av.torch_layers.MultiInputExtractor` as default extractor."""
 
-    def __init__(self, *args: Any, features_extractor_class: type = MultiInputExtractor, **kwargs: Any) -> None:
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule: Schedule, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", MultiInputExtractor)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
 
 class SoftActorCriticTrainMixin(GradClipMixin):

@@ -10,7 +10,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3 import TD3
 from torch.nn import functional as F
@@ -314,5 +314,20 @@ class ClippedDDPG(ClippedTD3):
         if _init_setup_model:
             self._setup_model()
 
-    def learn(self: SelfClippedTD3, *args: Any, tb_log_name: str = "DDPG", **kwargs: Any) -> SelfClippedTD3:  # type: ignore[override]
-        return super().learn(*args, tb_log_name=tb_log_name, **kwargs)
+    def learn(
+        self: SelfClippedTD3,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "DDPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfClippedTD3:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.utils import quantile_huber_loss
 from sb3_contrib.tqc import TQC
 from sb3_contrib.tqc.policies import CnnPolicy, MlpPolicy
 from sb3_contrib.tqc.policies import MultiInputPolicy as _ContribMultiInputPolicy
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.type_aliases import ReplayBufferSamples, Schedule
 
 from sb3_av.grad_clip import validate_max_grad_norms
 from sb3_av.sac.sac import SoftActorCriticTrainMixin
@@ -22,8 +23,9 @@ __all__ = ["ClippedTQC", "MultiInputPolicy"]
 class MultiInputPolicy(_ContribMultiInputPolicy):
     """sb3-contrib's TQC ``MultiInputPolicy`` with :class:`~sb3_av.torch_layers.MultiInputExtractor` as default."""
 
-    def __init__(self, *args: Any, features_extractor_class: type = MultiInputExtractor, **kwargs: Any) -> None:
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule: Schedule, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", MultiInputExtractor)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
 
 class ClippedTQC(SoftActorCriticTrainMixin, TQC):
