@@ -1,0 +1,451 @@
+"""A Dict replay buffer for stacked image observations that stores each new frame once.
+
+SB3's :class:`~stable_baselines3.common.buffers.DictReplayBuffer` stores ``obs`` and ``next_obs`` in full: with a
+``4x84x84`` uint8 frame stack that is two stacks, 56 KB a transition, 56 GB for a million transitions. Consecutive
+stacks of one episode share all but one frame, so :class:`FrameStackDictReplayBuffer` keeps a single ring of frames
+(``frames``, shared by every env) and, per transition, the ring positions of the frames of the ``obs`` stack and of
+the ``next_obs`` stack. At sample time the stacks are gathered back from the ring.
+
+What is stored is decided by comparing contents, never by trusting ``done`` flags or the env's reset convention:
+
+* ``obs`` equal to the previous ``next_obs`` of the same env (the usual case): nothing is stored, the pointers are
+  reused;
+* ``next_obs`` equal to ``obs`` shifted by one frame (the usual case, including the terminal observation of a done
+  env): the newest frame only;
+* any other stack (an episode start, an arbitrary stack): its frames, except that a frame equal to the one before it
+  in the same stack is stored once (a reset stack filled with its first frame costs one frame, a zero-padded one two).
+
+So the samples are exactly SB3's for any stream of ``add()`` calls, and the steady state costs one frame a
+transition plus one frame per episode start. The ring holds ``n_envs * buffer_size * (1 + frame_reserve)`` frames
+(``frame_reserve`` is the room for episode starts); a frame is overwritten only when no transition still in the
+buffer uses it. If a stream needs more room (episodes shorter than about ``1 / frame_reserve`` steps on average, or
+many arbitrary stacks), the ring grows, with a warning, instead of ever returning a wrong stack: every transition
+that SB3's buffer can sample is rebuilt exactly, and the sampling draws the same indices from ``np.random`` as SB3.
+
+Other keys of the Dict space are stored as SB3 stores them (``obs`` and ``next_obs`` in full, in
+``observations`` / ``next_observations``, which therefore hold no entry for the stacked key).
+
+``n_steps > 1`` gives n-step returns exactly as SB3's :class:`~stable_baselines3.common.buffers.NStepReplayBuffer`
+computes them for Box observations (SB3 has no Dict n-step buffer). Pass it explicitly: SB3 only sets up n-step
+returns itself when ``replay_buffer_class`` is None, so use ``replay_buffer_kwargs={"n_steps": n, "gamma": gamma}``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+__all__ = ["DEFAULT_FRAME_RESERVE", "FrameStackDictReplayBuffer", "default_replay_buffer_for"]
+
+#: Default room for episode starts, as extra frames per stored transition (1/16: no growth while episodes
+#: average 16 steps or more; the ring grows, with a warning, for shorter ones).
+DEFAULT_FRAME_RESERVE = 1 / 16
+
+#: The growth factor of the frame ring when a stream needs more room than it has.
+_GROWTH = 1.25
+
+
+def _check_stacked_image_space(observation_space: spaces.Space, image_key: str) -> spaces.Box:
+    """Return the stacked-image subspace, or raise a ``ValueError`` saying what is wrong with it."""
+    if not isinstance(observation_space, spaces.Dict):
+        raise ValueError(
+            f"FrameStackDictReplayBuffer needs a gymnasium.spaces.Dict observation space, got {observation_space!r}; "
+            "use SB3's ReplayBuffer for non-Dict observations."
+        )
+    if image_key not in observation_space.spaces:
+        raise ValueError(
+            f"FrameStackDictReplayBuffer: image_key={image_key!r} is not a key of the observation space "
+            f"(keys: {sorted(observation_space.spaces)}); pass the key of the stacked frames as image_key."
+        )
+    box = observation_space.spaces[image_key]
+    if not isinstance(box, spaces.Box) or box.dtype != np.uint8 or len(box.shape) != 3:
+        raise ValueError(
+            f"FrameStackDictReplayBuffer: observation_space[{image_key!r}] must be a uint8 Box of shape "
+            f"(stack, height, width), channel-first with the newest frame last; got {box!r}."
+        )
+    return box
+
+
+def default_replay_buffer_for(observation_space: spaces.Space) -> tuple[type[ReplayBuffer], dict[str, Any]] | None:
+    """Pick the frame-stack buffer for observation spaces that have a stacked image under ``"image"``.
+
+    :param observation_space: the env's observation space.
+    :return: ``(FrameStackDictReplayBuffer, {"image_key": "image"})`` for a Dict space whose ``"image"`` is a uint8
+        Box of shape ``(stack, height, width)`` with ``stack > 1``; None otherwise (SB3's default buffer applies).
+    """
+    if not isinstance(observation_space, spaces.Dict):
+        return None
+    image = observation_space.spaces.get("image")
+    if isinstance(image, spaces.Box) and image.dtype == np.uint8 and len(image.shape) == 3 and image.shape[0] > 1:
+        return FrameStackDictReplayBuffer, {"image_key": "image"}
+    return None
+
+
+class FrameStackDictReplayBuffer(DictReplayBuffer):
+    """Dict replay buffer that stores each new frame of a stacked image observation once.
+
+    A drop-in replacement for :class:`~stable_baselines3.common.buffers.DictReplayBuffer` (same constructor, same
+    ``add()``, same samples for the same ``np.random`` state): pass it as ``replay_buffer_class`` to TD3/SAC/DDPG.
+    See the module docstring for how the stacks are stored and rebuilt.
+
+    :param buffer_size: max number of transitions, all envs together (as in SB3: ``buffer_size // n_envs`` rows).
+    :param observation_space: a Dict space whose ``image_key`` entry is a uint8 Box ``(stack, height, width)``,
+        channel-first, newest frame last.
+    :param action_space: action space.
+    :param device: PyTorch device of the sampled tensors.
+    :param n_envs: number of parallel environments.
+    :param optimize_memory_usage: not supported (must be False), as in SB3's DictReplayBuffer.
+    :param handle_timeout_termination: treat ``info["TimeLimit.truncated"]`` as not done (as in SB3).
+    :param image_key: the key of the stacked frames in the observation Dict.
+    :param frame_reserve: extra frame slots per transition slot, room for episode starts (each costs one frame).
+        The ring grows, with a warning, if a stream needs more.
+    :param n_steps: n-step returns when > 1, computed as SB3's ``NStepReplayBuffer`` does.
+    :param gamma: discount factor of the n-step returns (used only when ``n_steps > 1``).
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        image_key: str = "image",
+        frame_reserve: float = DEFAULT_FRAME_RESERVE,
+        n_steps: int = 1,
+        gamma: float = 0.99,
+    ):
+        box = _check_stacked_image_space(observation_space, image_key)
+        assert isinstance(observation_space, spaces.Dict)  # checked above, for the type checker
+        if optimize_memory_usage:
+            raise ValueError(
+                "FrameStackDictReplayBuffer does not support optimize_memory_usage=True (nor does SB3's "
+                "DictReplayBuffer); it already stores each frame once. Set optimize_memory_usage=False."
+            )
+        try:
+            reserve = float(frame_reserve)
+        except (TypeError, ValueError):
+            reserve = math.nan
+        if not (math.isfinite(reserve) and reserve >= 0):
+            raise ValueError(
+                f"frame_reserve must be a finite number >= 0 (extra frames per transition), got {frame_reserve!r}"
+            )
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+
+        # BaseBuffer.__init__, skipping DictReplayBuffer's allocation of the full stacks (as SB3 does in its own init)
+        super(ReplayBuffer, self).__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        self.buffer_size = max(buffer_size // n_envs, 1)
+        self.optimize_memory_usage = False
+        self.handle_timeout_termination = handle_timeout_termination
+        self.image_key = image_key
+        self.frame_reserve = reserve
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.stack_size, height, width = (int(d) for d in box.shape)
+        self.frame_shape = (height, width)
+
+        # Keys other than image_key: stored as in SB3
+        self.observations = {
+            key: np.zeros((self.buffer_size, self.n_envs, *shape), dtype=observation_space[key].dtype)
+            for key, shape in self.obs_shape.items()
+            if key != image_key
+        }
+        self.next_observations = {
+            key: np.zeros((self.buffer_size, self.n_envs, *shape), dtype=observation_space[key].dtype)
+            for key, shape in self.obs_shape.items()
+            if key != image_key
+        }
+        self.actions = np.zeros(
+            (self.buffer_size, self.n_envs, self.action_dim), dtype=self._maybe_cast_dtype(action_space.dtype)
+        )
+        self.rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.dones = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.timeouts = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+
+        # The frame ring and, per transition, the absolute frame numbers of the obs / next_obs stacks
+        # (frame number f lives in frames[f % len(frames)]).
+        n_frames = math.ceil(self.buffer_size * self.n_envs * (1.0 + self.frame_reserve)) + 2 * self.stack_size * self.n_envs
+        self.frames = np.zeros((n_frames, height, width), dtype=np.uint8)
+        self.obs_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
+        self.next_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
+        self.n_frames_written = 0
+        self.n_ring_growths = 0
+        # The last next_obs stack of each env, to recognise the obs that continues it
+        self._last_next_image = np.zeros((self.n_envs, self.stack_size, height, width), dtype=np.uint8)
+        self._last_next_ids = np.zeros((self.n_envs, self.stack_size), dtype=np.int64)
+        self._has_last = np.zeros(self.n_envs, dtype=bool)
+
+    # ------------------------------------------------------------------------------------------ memory accounting
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the buffer holds (frames, pointers, other keys, actions, rewards, flags)."""
+        arrays: list[np.ndarray] = [
+            self.frames,
+            self.obs_frame_ids,
+            self.next_frame_ids,
+            self.actions,
+            self.rewards,
+            self.dones,
+            self.timeouts,
+            self._last_next_image,
+            self._last_next_ids,
+            self._has_last,
+            *self.observations.values(),
+            *self.next_observations.values(),
+        ]
+        return int(sum(a.nbytes for a in arrays))
+
+    @property
+    def nbytes_per_transition(self) -> float:
+        """:attr:`nbytes` divided by the capacity in transitions (``buffer_size * n_envs``)."""
+        return self.nbytes / (self.buffer_size * self.n_envs)
+
+    # ----------------------------------------------------------------------------------------------------- adding
+    def _plan_stack(self, stack: np.ndarray, next_id: int, new_frames: list[np.ndarray]) -> tuple[np.ndarray, int]:
+        """Queue the frames of a stack that shares nothing with stored ones; a repeated frame is queued once.
+
+        :param stack: ``(stack, height, width)`` uint8 frames.
+        :param next_id: frame number the next queued frame will get.
+        :param new_frames: queue of frames to write (appended to).
+        :return: the ``(stack,)`` frame numbers of the stack and the updated ``next_id``.
+        """
+        ids = np.empty(self.stack_size, dtype=np.int64)
+        for j in range(self.stack_size):
+            if j > 0 and np.array_equal(stack[j], stack[j - 1]):
+                ids[j] = ids[j - 1]
+            else:
+                new_frames.append(stack[j])
+                ids[j] = next_id
+                next_id += 1
+        return ids, next_id
+
+    def _oldest_needed_frame(self, obs_ids: np.ndarray, next_ids: np.ndarray) -> int:
+        """Smallest frame number still used once row ``pos`` holds ``obs_ids`` / ``next_ids``.
+
+        Per env, the smallest frame number of a row never decreases from one row to the next (a row reuses frames
+        of the row before or adds newer ones), so the oldest other row still in the buffer bounds all the others.
+        """
+        needed = min(int(obs_ids.min()), int(next_ids.min()))
+        if self.full and self.buffer_size > 1:
+            oldest = (self.pos + 1) % self.buffer_size
+        elif not self.full and self.pos > 0:
+            oldest = 0
+        else:
+            return needed
+        return min(needed, int(self.obs_frame_ids[oldest].min()), int(self.next_frame_ids[oldest].min()))
+
+    def _grow_frames(self, needed_capacity: int, oldest_needed: int) -> None:
+        """Reallocate the frame ring with room for ``needed_capacity`` frames, keeping frames from ``oldest_needed``."""
+        old = self.frames
+        capacity = max(needed_capacity, math.ceil(len(old) * _GROWTH))
+        if self.frame_reserve > 0:
+            cause = f"episodes average fewer than about 1 / frame_reserve = {1 / self.frame_reserve:.0f} steps"
+        else:
+            cause = "frame_reserve=0 leaves no room for episode starts"
+        warnings.warn(
+            f"FrameStackDictReplayBuffer: the frame ring is full ({len(old)} frames for {self.buffer_size * self.n_envs} "
+            f"transitions); growing it to {capacity} frames ({capacity * old[0].nbytes / 1e9:.2f} GB): {cause}, or "
+            "stacks are often not continuations of the previous ones. Pass a larger frame_reserve "
+            "(replay_buffer_kwargs) to avoid this copy."
+        )
+        frames = np.zeros((capacity, *self.frame_shape), dtype=np.uint8)
+        live = np.arange(oldest_needed, self.n_frames_written, dtype=np.int64)
+        frames[live % capacity] = old[live % len(old)]
+        self.frames = frames
+        self.n_ring_growths += 1
+
+    def _stacked(self, images: Any, name: str) -> np.ndarray:
+        """Return the stacked images of all envs as ``(n_envs, stack, height, width)`` uint8, checking the shape."""
+        array = np.asarray(images)
+        shape = (self.n_envs, self.stack_size, *self.frame_shape)
+        if array.size != math.prod(shape):
+            raise ValueError(
+                f"FrameStackDictReplayBuffer.add: {name}[{self.image_key!r}] has shape {array.shape}, expected {shape} "
+                "(n_envs, stack, height, width)."
+            )
+        return array.reshape(shape)
+
+    def add(  # type: ignore[override]
+        self,
+        obs: dict[str, np.ndarray],
+        next_obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """Add one transition of every env (same arguments as SB3's ``DictReplayBuffer.add``).
+
+        :param obs: observations, each key ``(n_envs, *shape)``.
+        :param next_obs: next observations (the terminal observation for a done env), each key ``(n_envs, *shape)``.
+        :param action: ``(n_envs, action_dim)`` actions.
+        :param reward: ``(n_envs,)`` rewards.
+        :param done: ``(n_envs,)`` done flags.
+        :param infos: one info dict per env (``"TimeLimit.truncated"`` is read).
+        """
+        images = self._stacked(obs[self.image_key], "obs")
+        next_images = self._stacked(next_obs[self.image_key], "next_obs")
+
+        # Decide, per env, which frames are new, and number them from n_frames_written on
+        new_frames: list[np.ndarray] = []
+        next_id = self.n_frames_written
+        obs_ids = np.empty((self.n_envs, self.stack_size), dtype=np.int64)
+        next_ids = np.empty((self.n_envs, self.stack_size), dtype=np.int64)
+        for env in range(self.n_envs):
+            image, next_image = images[env], next_images[env]
+            if self._has_last[env] and np.array_equal(image, self._last_next_image[env]):
+                obs_ids[env] = self._last_next_ids[env]
+            else:
+                obs_ids[env], next_id = self._plan_stack(image, next_id, new_frames)
+            if np.array_equal(next_image[:-1], image[1:]):
+                next_ids[env, :-1] = obs_ids[env, 1:]
+                if self.stack_size > 1 and np.array_equal(next_image[-1], next_image[-2]):
+                    next_ids[env, -1] = next_ids[env, -2]
+                else:
+                    new_frames.append(next_image[-1])
+                    next_ids[env, -1] = next_id
+                    next_id += 1
+            else:
+                next_ids[env], next_id = self._plan_stack(next_image, next_id, new_frames)
+
+        # Write the new frames where no transition still in the buffer needs the old ones
+        if new_frames:
+            oldest_needed = self._oldest_needed_frame(obs_ids, next_ids)
+            needed_capacity = next_id - oldest_needed
+            if needed_capacity > len(self.frames):
+                self._grow_frames(needed_capacity, oldest_needed)
+            slots = np.arange(self.n_frames_written, next_id, dtype=np.int64) % len(self.frames)
+            self.frames[slots] = np.stack(new_frames)
+            self.n_frames_written = next_id
+        self.obs_frame_ids[self.pos] = obs_ids
+        self.next_frame_ids[self.pos] = next_ids
+        self._last_next_image[:] = next_images
+        self._last_next_ids[:] = next_ids
+        self._has_last[:] = True
+
+        # The other keys, actions, rewards and flags: as in SB3's DictReplayBuffer.add
+        for key in self.observations.keys():
+            # Reshape needed when using multiple envs with discrete observations
+            # as numpy cannot broadcast (n_discrete,) to (n_discrete, 1)
+            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
+                obs[key] = obs[key].reshape((self.n_envs,) + self.obs_shape[key])
+            self.observations[key][self.pos] = np.array(obs[key])
+        for key in self.next_observations.keys():
+            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
+                next_obs[key] = next_obs[key].reshape((self.n_envs,) + self.obs_shape[key])
+            self.next_observations[key][self.pos] = np.array(next_obs[key])
+
+        # Reshape to handle multi-dim and discrete action spaces, see GH #970 #1392
+        action = action.reshape((self.n_envs, self.action_dim))
+        self.actions[self.pos] = np.array(action)
+        self.rewards[self.pos] = np.array(reward)
+        self.dones[self.pos] = np.array(done)
+        if self.handle_timeout_termination:
+            self.timeouts[self.pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    # --------------------------------------------------------------------------------------------------- sampling
+    def _observation(
+        self, frame_ids: np.ndarray, rows: np.ndarray, env_indices: np.ndarray, nxt: bool
+    ) -> dict[str, np.ndarray]:
+        """Rebuild the observation Dict (keys in the space's order) of the given rows and envs."""
+        others = self.next_observations if nxt else self.observations
+        result: dict[str, np.ndarray] = {}
+        for key in self.obs_shape:
+            if key == self.image_key:
+                result[key] = np.take(self.frames, frame_ids[rows, env_indices] % len(self.frames), axis=0)
+            else:
+                result[key] = others[key][rows, env_indices]
+        return result
+
+    def _to_torch_dict(self, observation: dict[str, np.ndarray]) -> dict[str, th.Tensor]:
+        """Tensors of an observation Dict; the gathered stacks are fresh arrays, so they are not copied again."""
+        return {key: self.to_torch(value, copy=key != self.image_key) for key, value in observation.items()}
+
+    def _get_samples(  # type: ignore[override]
+        self,
+        batch_inds: np.ndarray,
+        env: VecNormalize | None = None,
+    ) -> DictReplayBufferSamples:
+        # Sample randomly the env idx (the same draw as SB3's DictReplayBuffer / NStepReplayBuffer)
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        if self.n_steps > 1:
+            return self._get_n_step_samples(batch_inds, env_indices, env)
+
+        obs_ = self._normalize_obs(self._observation(self.obs_frame_ids, batch_inds, env_indices, nxt=False), env)
+        next_obs_ = self._normalize_obs(self._observation(self.next_frame_ids, batch_inds, env_indices, nxt=True), env)
+        assert isinstance(obs_, dict)
+        assert isinstance(next_obs_, dict)
+        return DictReplayBufferSamples(
+            observations=self._to_torch_dict(obs_),
+            actions=self.to_torch(self.actions[batch_inds, env_indices]),
+            next_observations=self._to_torch_dict(next_obs_),
+            # Only use dones that are not due to timeouts
+            dones=self.to_torch(self.dones[batch_inds, env_indices] * (1 - self.timeouts[batch_inds, env_indices])).reshape(
+                -1, 1
+            ),
+            rewards=self.to_torch(self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env)),
+        )
+
+    def _get_n_step_samples(
+        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
+    ) -> DictReplayBufferSamples:
+        """N-step samples, step for step as SB3's ``NStepReplayBuffer._get_samples`` (with Dict observations)."""
+        # The self.pos index would overlap two episodes when the buffer is full:
+        # mark self.pos - 1 as truncated (temporarily) if it is neither done nor truncated
+        last_valid_index = self.pos - 1
+        original_timeout_values = self.timeouts[last_valid_index].copy()
+        self.timeouts[last_valid_index] = np.logical_or(original_timeout_values, np.logical_not(self.dones[last_valid_index]))
+
+        steps = np.arange(self.n_steps).reshape(1, -1)
+        indices = (batch_inds[:, None] + steps) % self.buffer_size  # [batch, n_steps]
+        rewards_seq = self._normalize_reward(self.rewards[indices, env_indices[:, None]], env)
+        dones_seq = self.dones[indices, env_indices[:, None]]
+        truncated_seq = self.timeouts[indices, env_indices[:, None]]
+
+        # 1 until the first done/truncation (inclusive)
+        done_or_truncated = np.logical_or(dones_seq, truncated_seq)
+        done_idx = done_or_truncated.argmax(axis=1)
+        has_done_or_truncated = done_or_truncated.any(axis=1)
+        done_idx = np.where(has_done_or_truncated, done_idx, self.n_steps - 1)
+        mask = np.arange(self.n_steps).reshape(1, -1) <= done_idx[:, None]
+        target_q_discounts = self.gamma ** mask.sum(axis=1, keepdims=True).astype(np.float32)
+        discounts = self.gamma ** np.arange(self.n_steps, dtype=np.float32).reshape(1, -1)
+        n_step_returns = (rewards_seq * discounts * mask).sum(axis=1, keepdims=True)
+
+        last_indices = (batch_inds + done_idx) % self.buffer_size
+        next_obs = self._normalize_obs(self._observation(self.next_frame_ids, last_indices, env_indices, nxt=True), env)
+        next_dones = self.dones[last_indices, env_indices][:, None].astype(np.float32)
+        next_timeouts = self.timeouts[last_indices, env_indices][:, None].astype(np.float32)
+        final_dones = next_dones * (1.0 - next_timeouts)
+
+        self.timeouts[last_valid_index] = original_timeout_values
+
+        obs = self._normalize_obs(self._observation(self.obs_frame_ids, batch_inds, env_indices, nxt=False), env)
+        assert isinstance(obs, dict)
+        assert isinstance(next_obs, dict)
+        return DictReplayBufferSamples(
+            observations=self._to_torch_dict(obs),
+            actions=self.to_torch(self.actions[batch_inds, env_indices]),
+            next_observations=self._to_torch_dict(next_obs),
+            dones=self.to_torch(final_dones),
+            rewards=self.to_torch(n_step_returns),
+            discounts=self.to_torch(target_q_discounts),
+        )

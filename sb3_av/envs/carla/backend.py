@@ -1,0 +1,409 @@
+"""CarlaBackend: one ego vehicle with a camera, collision and lane-invasion sensors, NPC traffic, a route.
+
+Robustness rules (ENV_CONTRACT.md, "CARLA specifics"):
+
+- Only the env's own actors are destroyed. Each is tagged (``role_name = sb3av:<id>:<kind>``) and its id
+  recorded the moment it is spawned; sensors are stopped, then destroyed before their vehicle; NPCs
+  go by batch command. When a reset fails halfway, what was spawned is destroyed before the error leaves.
+- ``world.tick(timeout_s)`` and a bounded wait for the camera image of the ticked frame; a timeout or a
+  lost connection leads to at most ``max_reconnects`` reconnects, after which a
+  :class:`~sb3_av.envs.carla.errors.CarlaConnectionError` names host:port and how to start CARLA.
+- After a reconnect during :meth:`CarlaBackend.step`, a new episode is started and its first frame is
+  returned with ``extra["episode_restarted"] = True`` (the env should truncate there).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from sb3_av.envs.backend import DrivingBackend, Frame, RouteSpec
+from sb3_av.envs.carla.config import CarlaConfig
+from sb3_av.envs.carla.connection import CarlaConnection
+from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaSensorTimeout
+from sb3_av.envs.carla.route import build_route, carla_to_world_xy, carla_to_world_yaw, route_spec, world_to_carla_steer
+from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+
+__all__ = ["CarlaBackend", "import_carla"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "the server is lost, hung or out of step": they lead to a reconnect.
+_RECOVERABLE: tuple[type[BaseException], ...] = (RuntimeError, CarlaSensorTimeout)
+
+_CAMERA_LOCATION = (1.5, 0.0, 2.4)  # x forward, y right, z up (m) relative to the ego, CARLA frame
+_CAMERA_PITCH_DEG = -10.0
+
+
+def import_carla() -> Any:
+    """Import the ``carla`` client module, or explain how to install it.
+
+    :raises ImportError: the client is not installed.
+    """
+    try:
+        import carla
+    except ImportError as exc:
+        raise ImportError(
+            f"The CARLA backend needs the CARLA Python client: pip install carla=={CARLA_VERSION} "
+            f"(it must match the server, CARLA {CARLA_VERSION}); import failed with: {exc}"
+        ) from exc
+    return carla
+
+
+class CarlaBackend(DrivingBackend):
+    """The CARLA 0.9.16 simulator behind :class:`~sb3_av.envs.core.DrivingEnv`.
+
+    :param config: a :class:`CarlaConfig` or a dict of its keys (unknown keys are an error).
+    :param client_factory: ``(host, port) -> carla.Client``; default ``carla.Client`` (tests pass a stand-in server).
+    :param carla_module: the ``carla`` module whose types (Transform, VehicleControl, commands, ...) are used;
+        default the installed client.
+    :param connect: connect in the constructor (an absent server then fails at once, not at the first reset).
+    :raises CarlaConnectionError: no server answered within ``connect_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        config: CarlaConfig | dict[str, Any] | None = None,
+        *,
+        client_factory: Callable[..., Any] | None = None,
+        carla_module: Any = None,
+        connect: bool = True,
+    ) -> None:
+        if config is None:
+            config = CarlaConfig()
+        self.config = config if isinstance(config, CarlaConfig) else CarlaConfig.from_dict(config)
+        self._carla = carla_module if carla_module is not None else import_carla()
+        self.dt = self.config.dt
+        self.tag = f"sb3av:{uuid.uuid4().hex[:12]}"
+        self.conn = CarlaConnection(self.config, self._carla, client_factory or self._carla.Client)
+        self._route_generation = -1
+        self._route_waypoints: list[Any] = []
+        self._route: RouteSpec | None = None
+        self._start_transform: Any = None
+        # this episode's actors (ids recorded as soon as spawned)
+        self._sensors: list[Any] = []
+        self._ego: Any = None
+        self._npc_ids: list[int] = []
+        self._dirty = False  # a cleanup failed: sweep by tag when the server is back
+        self._camera = FrameQueue("camera")
+        self._collisions = EventQueue("collision")
+        self._lane_invasions = EventQueue("lane_invasion")
+        self._start_frame = 0
+        self.last_frame_id = -1  # the server frame id of the latest Frame
+        self._episode_ready = False
+        self._closed = False
+        self.restarts = 0  # episodes restarted after a reconnect, over the backend's life
+        if connect:
+            self.conn.open()
+
+    # ------------------------------------------------------------------ DrivingBackend API
+    @property
+    def route(self) -> RouteSpec:
+        """The route of the current episode (fixed per scenario; valid after :meth:`reset`)."""
+        if self._route is None:
+            raise RuntimeError("CarlaBackend.route is only valid after reset()")
+        return self._route
+
+    def reset(self, seed: int | None = None) -> Frame:
+        """Destroy the previous episode's actors, spawn the ego, its sensors and the NPCs, tick once.
+
+        A lost or hung server leads to bounded reconnects; any other failure destroys what this reset
+        spawned before it propagates.
+
+        :param seed: seeds NPC placement and the Traffic Manager.
+        :raises CarlaConnectionError: the server is gone and did not come back.
+        """
+        self._check_open()
+        if not self.conn.connected and not self.conn.generation:
+            self.conn.open()
+        attempts = self.config.max_reconnects + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                if not self.conn.connected:
+                    self.conn.reconnect(RuntimeError("not connected"))
+                return self._reset_once(seed)
+            except _RECOVERABLE as exc:
+                self._abandon_episode()
+                if attempt == attempts:
+                    raise CarlaConnectionError(
+                        f"reset() failed {attempts} times on the CARLA server {self.conn.address} although it answered "
+                        f"again each time (last error: {type(exc).__name__}: {exc}); the server is unstable, restart it.",
+                        self.conn.host,
+                        self.conn.port,
+                    ) from exc
+                self.conn.reconnect(exc)
+            except BaseException:
+                self._abandon_episode()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def step(self, steer: float, throttle: float, brake: float) -> Frame:
+        """Apply one control, tick the world once and return the frame-matched observation.
+
+        :param steer: [-1, 1], positive = left (sent to CARLA as ``-steer``).
+        :param throttle: [0, 1].
+        :param brake: [0, 1].
+        :raises CarlaConnectionError: the server was lost and did not come back.
+        """
+        self._check_open()
+        if not self._episode_ready:
+            raise RuntimeError("CarlaBackend.step() called before reset()")
+        try:
+            return self._step_once(steer, throttle, brake)
+        except _RECOVERABLE as exc:
+            logger.warning("CARLA step failed on %s: %s; restarting the episode", self.conn.address, exc)
+            self._abandon_episode()
+            self.conn.reconnect(exc)
+            frame = self.reset()
+            self.restarts += 1
+            return replace(frame, extra={**frame.extra, "episode_restarted": True, "restart_cause": str(exc)[:200]})
+
+    def close(self) -> None:
+        """Destroy this env's actors (sensors first) and restore the world settings; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._abandon_episode()  # own actors by id and by tag, sensors first; short RPC timeout, never raises
+        finally:
+            self.conn.close()
+
+    # ------------------------------------------------------------------ episode
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("This CarlaBackend is closed; make a new env")
+
+    def _reset_once(self, seed: int | None) -> Frame:
+        carla = self._carla
+        conn = self.conn
+        self._episode_ready = False
+        self._destroy_episode()
+        if self._dirty:
+            self._sweep_tagged()
+        self._ensure_route()
+        rng = np.random.default_rng(seed)
+        if seed is not None:
+            conn.traffic_manager.set_random_device_seed(int(seed))
+        world = conn.world
+        library = world.get_blueprint_library()
+
+        ego_bp = self._find_blueprint(library, self.config.ego_blueprint)
+        self._tag_blueprint(ego_bp, "ego")
+        ego = world.try_spawn_actor(ego_bp, self._start_transform)
+        if ego is None:
+            loc = self._start_transform.location
+            raise CarlaBackendError(
+                f"Could not spawn the ego at spawn point {self.config.route_start_index} ({loc.x:.1f}, {loc.y:.1f}) "
+                f"on {conn.address}: the spot is occupied by an actor this env does not own; clear the world or "
+                "choose another route_start_index"
+            )
+        self._ego = ego
+
+        self._camera = FrameQueue("camera")
+        self._collisions = EventQueue("collision")
+        self._lane_invasions = EventQueue("lane_invasion")
+        size = str(self.config.camera_size)
+        cam_bp = self._find_blueprint(library, "sensor.camera.rgb")
+        for key, value in (("image_size_x", size), ("image_size_y", size), ("fov", str(self.config.camera_fov_deg))):
+            cam_bp.set_attribute(key, value)
+        if cam_bp.has_attribute("sensor_tick"):
+            cam_bp.set_attribute("sensor_tick", "0.0")
+        cam_tf = carla.Transform(carla.Location(*_CAMERA_LOCATION), carla.Rotation(pitch=_CAMERA_PITCH_DEG))
+        for blueprint_id, transform, sink in (
+            ("sensor.camera.rgb", cam_tf, self._camera.put),
+            ("sensor.other.collision", carla.Transform(), self._collisions.put),
+            ("sensor.other.lane_invasion", carla.Transform(), self._lane_invasions.put),
+        ):
+            bp = cam_bp if blueprint_id == "sensor.camera.rgb" else self._find_blueprint(library, blueprint_id)
+            self._tag_blueprint(bp, blueprint_id.rsplit(".", 1)[-1])
+            sensor = world.spawn_actor(bp, transform, attach_to=ego)
+            self._sensors.append(sensor)
+            sensor.listen(sink)
+
+        self._spawn_npcs(library, rng)
+
+        frame_id = world.tick(self.config.timeout_s)
+        self._start_frame = frame_id
+        # a new camera's first image may take longer (render warm-up): wait up to the RPC timeout
+        image = self._camera.get(frame_id, max(self.config.sensor_timeout_s, self.config.timeout_s))
+        self._collisions.take(frame_id)  # contacts while settling on the ground are not the agent's
+        self._lane_invasions.take(frame_id)
+        self._episode_ready = True
+        return self._frame(frame_id, image, collisions=[], lane_invasions=[])
+
+    def _step_once(self, steer: float, throttle: float, brake: float) -> Frame:
+        control = self._carla.VehicleControl(
+            throttle=float(throttle), steer=world_to_carla_steer(steer), brake=float(brake), hand_brake=False, reverse=False
+        )
+        self._ego.apply_control(control)
+        frame_id = self.conn.world.tick(self.config.timeout_s)
+        image = self._camera.get(frame_id, self.config.sensor_timeout_s)
+        return self._frame(
+            frame_id, image, collisions=self._collisions.take(frame_id), lane_invasions=self._lane_invasions.take(frame_id)
+        )
+
+    def _frame(self, frame_id: int, image: Any, collisions: list[Any], lane_invasions: list[Any]) -> Frame:
+        ego = self._ego
+        tf = ego.get_transform()
+        vel = ego.get_velocity()
+        fwd = tf.get_forward_vector()
+        speed = max(vel.x * fwd.x + vel.y * fwd.y + vel.z * fwd.z, 0.0)
+        x, y = carla_to_world_xy(tf.location.x, tf.location.y)
+        on_lane = (
+            self.conn.map.get_waypoint(tf.location, project_to_road=False, lane_type=self._carla.LaneType.Driving) is not None
+        )
+        self.last_frame_id = int(frame_id)
+        gray = bgra_to_gray(image.raw_data, int(image.width), int(image.height), self.config.camera_size)
+        return Frame(
+            image=gray,
+            x=x,
+            y=y,
+            yaw=carla_to_world_yaw(tf.rotation.yaw),
+            speed_ms=float(speed),
+            sim_time_s=(frame_id - self._start_frame) * self.dt,
+            collision=bool(collisions),
+            on_driving_lane=on_lane,
+            extra={
+                "server": self.conn.address,
+                "lane_invasions": len(lane_invasions),
+                "collision_with": sorted({str(getattr(e.other_actor, "type_id", "?")) for e in collisions}),
+                "npc_vehicles": len(self._npc_ids),
+                "stale_images_dropped": self._camera.stale_dropped,
+            },
+        )
+
+    def _ensure_route(self) -> None:
+        """Build the route once per connection (the map is fixed while connected)."""
+        conn = self.conn
+        if self._route_generation == conn.generation and self._route is not None:
+            return
+        spawn_points = conn.map.get_spawn_points()
+        index = self.config.route_start_index
+        if not 0 <= index < len(spawn_points):
+            raise CarlaBackendError(
+                f"route_start_index {index} is out of range: {self.config.town} on {conn.address} "
+                f"has {len(spawn_points)} spawn points"
+            )
+        start = spawn_points[index]
+        start_wp = conn.map.get_waypoint(start.location, project_to_road=True, lane_type=self._carla.LaneType.Driving)
+        self._route_waypoints = build_route(
+            start_wp, self.config.route_length_m, self.config.route_step_m, self.config.junction_choices
+        )
+        self._route = route_spec(self._route_waypoints)
+        self._start_transform = start
+        self._route_generation = conn.generation
+
+    def _spawn_npcs(self, library: Any, rng: np.random.Generator) -> None:
+        n = self.config.npc_vehicles
+        if n == 0:
+            return
+        cmd = self._carla.command
+        start = self._start_transform.location
+        points = [
+            p
+            for p in self.conn.map.get_spawn_points()
+            if math.hypot(p.location.x - start.x, p.location.y - start.y) >= self.config.npc_min_distance_m
+        ]
+        if len(points) < n:
+            logger.warning("Only %d free spawn points for %d NPC vehicles on %s", len(points), n, self.config.town)
+        chosen = [points[i] for i in rng.permutation(len(points))[:n]]
+        blueprints = [
+            bp
+            for bp in library.filter("vehicle.*")
+            if bp.has_attribute("number_of_wheels") and bp.get_attribute("number_of_wheels").as_int() == 4
+        ]
+        if not blueprints:
+            raise CarlaBackendError(f"The CARLA server {self.conn.address} offers no 4-wheeled vehicle blueprints for NPCs")
+        batch = []
+        for transform in chosen:
+            bp = blueprints[int(rng.integers(len(blueprints)))]
+            self._tag_blueprint(bp, "npc")
+            batch.append(cmd.SpawnActor(bp, transform))
+        self._dirty = True  # until the responses are recorded, a failure may leave NPCs only the tag knows
+        responses = self.conn.client.apply_batch_sync(batch, False)
+        self._npc_ids = [r.actor_id for r in responses if not r.error]
+        self._dirty = False
+        tm_port = self.conn.tm_port
+        autopilot = [cmd.SetAutopilot(actor_id, True, tm_port) for actor_id in self._npc_ids]
+        if autopilot:
+            self.conn.client.apply_batch_sync(autopilot, False)
+
+    # ------------------------------------------------------------------ cleanup (own actors only)
+    def _destroy_episode(self) -> None:
+        """Stop the sensors, then destroy sensors, ego and NPCs in that order, by one batch command."""
+        self._episode_ready = False
+        sensors, ego, npcs = self._sensors, self._ego, self._npc_ids
+        if not sensors and ego is None and not npcs:
+            return
+        for sensor in sensors:
+            if sensor.is_listening():
+                sensor.stop()
+        ids = [s.id for s in sensors] + ([ego.id] if ego is not None else []) + list(npcs)
+        self._sensors, self._ego, self._npc_ids = [], None, []
+        was_dirty, self._dirty = self._dirty, True  # if the batch fails, only the tag still knows these actors
+        self.conn.client.apply_batch_sync([self._carla.command.DestroyActor(i) for i in ids], False)
+        self._dirty = was_dirty
+        self._camera.clear()
+        self._collisions.clear()
+        self._lane_invasions.clear()
+
+    def _abandon_episode(self) -> None:
+        """Cleanup after a failure: destroy this env's actors, known by id or only by tag; never raises.
+
+        When the server does not answer, the backend stays dirty and sweeps by tag once it is back.
+        """
+        self._episode_ready = False
+        for sensor in self._sensors:
+            try:
+                if sensor.is_listening():
+                    sensor.stop()
+            except Exception:  # a dead stream; the sensor is destroyed below or swept later
+                logger.debug("sensor.stop() failed during cleanup", exc_info=True)
+        self._dirty = True  # the failure may have hidden a spawn whose reply was lost
+        if self.conn.connected:
+            client = self.conn.client
+            try:
+                client.set_timeout(min(self.config.timeout_s, 2.0))
+                self._destroy_episode()
+                self._sweep_tagged()
+                return
+            except Exception as exc:
+                logger.warning(
+                    "Could not destroy this env's actors on %s (%s); they are swept on reconnect", self.conn.address, exc
+                )
+            finally:
+                client.set_timeout(self.config.timeout_s)
+        self._sensors, self._ego, self._npc_ids = [], None, []
+
+    def _sweep_tagged(self) -> None:
+        """Destroy every actor carrying this env's tag (and sensors attached to them): sensors first."""
+        actors = list(self.conn.world.get_actors())
+        ours = [a for a in actors if str(a.attributes.get("role_name", "")).startswith(self.tag + ":")]
+        our_ids = {a.id for a in ours}
+        attached = [a for a in actors if a.id not in our_ids and a.parent is not None and a.parent.id in our_ids]
+        sensors = [a for a in ours + attached if a.type_id.startswith("sensor.")]
+        others = [a for a in ours if not a.type_id.startswith("sensor.")]
+        for sensor in sensors:
+            if sensor.is_listening():
+                sensor.stop()
+        if sensors or others:
+            logger.warning("Destroying %d actor(s) left by this env on %s", len(sensors) + len(others), self.conn.address)
+            self.conn.client.apply_batch_sync([self._carla.command.DestroyActor(a.id) for a in sensors + others], False)
+        self._dirty = False
+
+    # ------------------------------------------------------------------ helpers
+    def _find_blueprint(self, library: Any, blueprint_id: str) -> Any:
+        try:
+            return library.find(blueprint_id)
+        except (IndexError, KeyError, RuntimeError):
+            raise CarlaBackendError(f"The CARLA server {self.conn.address} has no blueprint {blueprint_id!r}") from None
+
+    def _tag_blueprint(self, blueprint: Any, kind: str) -> None:
+        if blueprint.has_attribute("role_name"):
+            blueprint.set_attribute("role_name", f"{self.tag}:{kind}")

@@ -1,0 +1,230 @@
+"""The validated settings of one CARLA backend (every field is an env kwarg of ``CarlaScenario*-v0``)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["TM_PORT_OFFSET", "CarlaConfig", "parse_server", "server_for_rank"]
+
+#: The Traffic Manager's default port is the CARLA RPC port plus this offset (2000 -> 8000).
+TM_PORT_OFFSET = 6000
+
+
+def parse_server(text: str) -> tuple[str, int, int | None]:
+    """Parse ``"host:port"`` or ``"host:port:tm_port"``.
+
+    :param text: the server address.
+    :return: ``(host, port, tm_port or None)``.
+    :raises ValueError: not of that form, or a port outside 1..65535.
+    """
+    parts = text.strip().split(":") if isinstance(text, str) else []
+    try:
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ValueError
+        ports = [int(p) for p in parts[1:]]
+    except ValueError:
+        raise ValueError(
+            f"A CARLA server must be given as 'host:port' or 'host:port:tm_port' (e.g. '127.0.0.1:2000'), got {text!r}"
+        ) from None
+    if not all(0 < p < 65536 for p in ports):
+        raise ValueError(f"Ports must be in 1..65535, got {text!r}")
+    return parts[0], ports[0], ports[1] if len(ports) == 2 else None
+
+
+def server_for_rank(servers: list[str], rank: int) -> tuple[str, int, int | None]:
+    """The server env number ``rank`` of a VecEnv uses: ``servers[rank % len(servers)]``.
+
+    :param servers: ``"host:port"`` or ``"host:port:tm_port"`` strings.
+    :param rank: the env's index in its VecEnv (>= 0).
+    :return: ``(host, port, tm_port or None)``.
+    """
+    if not servers:
+        raise ValueError("servers must list at least one 'host:port'")
+    return parse_server(servers[rank % len(servers)])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class CarlaConfig:
+    """Settings of :class:`~sb3_av.envs.carla.backend.CarlaBackend`.
+
+    :param host: CARLA server host.
+    :param port: CARLA RPC port (the server also uses ``port + 1`` for sensor streaming).
+    :param tm_port: Traffic Manager port; None = ``port + 6000``. Two envs on one server need two TM ports.
+    :param servers: ``"host:port"`` (or ``"host:port:tm_port"``) strings; when given, env ``rank`` uses
+        ``servers[rank % len(servers)]`` (overrides host/port; its TM port is the entry's tm_port, else
+        ``tm_port``, else its port + 6000).
+    :param rank: this env's index in its VecEnv: it uses ``servers[rank % len(servers)]``. None (default):
+        the first server of ``servers`` that no other env on this machine uses (claimed by a lock file), so
+        the envs of a VecEnv and an eval env spread over the list without being told their rank.
+    :param town: the map; loaded only when another one is loaded.
+    :param timeout_s: limit (s) of every RPC and of ``world.tick``; past it the server counts as hung.
+    :param connect_timeout_s: limit (s) of the first contact with a server (an absent server fails within it).
+    :param load_timeout_s: limit (s) of loading the town.
+    :param max_reconnects: reconnect attempts after a lost or hung server before giving up.
+    :param reconnect_backoff_s: wait (s) before reconnect attempt k is ``k * reconnect_backoff_s``.
+    :param sensor_timeout_s: bounded wait (s) for the camera image of the ticked frame.
+    :param dt: fixed simulation step (s), ``fixed_delta_seconds``.
+    :param npc_vehicles: NPC vehicles spawned each episode (fewer when the map has too few free spawn points).
+    :param seed: seed of the Traffic Manager before the first episode (episodes reseed it with their seed).
+    :param camera_size: height = width (pixels) of the grayscale image; the camera renders at this size.
+    :param camera_fov_deg: horizontal field of view of the camera (degrees).
+    :param ego_blueprint: blueprint id of the ego vehicle.
+    :param route_start_index: index into ``Map.get_spawn_points()`` of the ego's start (the route's start).
+    :param route_length_m: route length (m) along the map's waypoints.
+    :param route_step_m: waypoint spacing (m) of the route polyline.
+    :param junction_choices: the branch taken at each junction in turn (``"left"``, ``"right"``,
+        ``"straight"``); after the last one, ``"straight"``. The default gives the scenario's turn.
+    :param npc_min_distance_m: NPCs are not spawned closer than this to the ego's start (m).
+    :param tm_distance_to_leading_m: Traffic Manager global distance to the leading vehicle (m).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 2000
+    tm_port: int | None = None
+    servers: list[str] | None = None
+    rank: int | None = None
+    town: str = "Town01"
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    load_timeout_s: float = 60.0
+    max_reconnects: int = 3
+    reconnect_backoff_s: float = 2.0
+    sensor_timeout_s: float = 2.0
+    dt: float = 0.05
+    npc_vehicles: int = 20
+    seed: int | None = None
+    camera_size: int = 84
+    camera_fov_deg: float = 90.0
+    ego_blueprint: str = "vehicle.tesla.model3"
+    route_start_index: int = 0
+    route_length_m: float = 250.0
+    route_step_m: float = 2.0
+    junction_choices: tuple[str, ...] = field(default=("left",))
+    npc_min_distance_m: float = 15.0
+    tm_distance_to_leading_m: float = 2.5
+
+    def __post_init__(self) -> None:
+        _check_servers(self)
+        _check_numbers(self)
+        choices = (self.junction_choices,) if isinstance(self.junction_choices, str) else tuple(self.junction_choices)
+        bad = [c for c in choices if c not in ("left", "right", "straight")]
+        if bad:
+            raise ValueError(f"junction_choices must contain only 'left', 'right', 'straight', got {bad}")
+        object.__setattr__(self, "junction_choices", choices)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every key with its default (the ``backend_defaults`` of :func:`~sb3_av.envs.core.make_driving_env`)."""
+        return {f.name: getattr(cls(), f.name) for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CarlaConfig:
+        """Build from a dict, rejecting unknown keys.
+
+        :param values: keys of :meth:`defaults`.
+        :raises ValueError: an unknown key (the message lists the valid ones) or a bad value.
+        """
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"Unknown CARLA backend key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        return cls(**values)
+
+    def candidates(self) -> list[tuple[str, int, int]]:
+        """The ``(host, port, tm_port)`` this env may use, in order of preference (one unless ``rank`` is None)."""
+        if not self.servers:
+            tm = self.tm_port if self.tm_port is not None else self.port + TM_PORT_OFFSET
+            return [_checked(self.host, self.port, tm)]
+        indices = range(len(self.servers)) if self.rank is None else [self.rank % len(self.servers)]
+        out = []
+        for i in indices:
+            host, port, entry_tm = parse_server(self.servers[i])
+            if entry_tm is None:
+                entry_tm = self.tm_port if self.tm_port is not None else port + TM_PORT_OFFSET
+            out.append(_checked(host, port, entry_tm))
+        return out
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """``(host, port)`` of the (first candidate) server."""
+        return self.candidates()[0][:2]
+
+    @property
+    def traffic_manager_port(self) -> int:
+        """The Traffic Manager port of the (first candidate) server: the entry's, else ``tm_port``, else port + 6000."""
+        return self.candidates()[0][2]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict."""
+        return asdict(self)
+
+
+def _check_servers(cfg: CarlaConfig) -> None:
+    if not isinstance(cfg.host, str) or not cfg.host:
+        raise ValueError(f"host must be a non-empty string, got {cfg.host!r}")
+    for name in ("port", "tm_port"):
+        value = getattr(cfg, name)
+        if value is None and name == "tm_port":
+            continue
+        if not _is_int(value) or not 0 < value < 65536:
+            raise ValueError(f"{name} must be an integer port in 1..65535, got {value!r}")
+    if cfg.servers is not None:
+        if isinstance(cfg.servers, str) or not isinstance(cfg.servers, list | tuple) or not cfg.servers:
+            raise ValueError(f"servers must be a non-empty list of 'host:port' strings, got {cfg.servers!r}")
+        for server in cfg.servers:
+            parse_server(server)
+        object.__setattr__(cfg, "servers", list(cfg.servers))
+    if not isinstance(cfg.town, str) or not cfg.town:
+        raise ValueError(f"town must be a map name such as 'Town01', got {cfg.town!r}")
+
+
+def _check_numbers(cfg: CarlaConfig) -> None:
+    for name in _POSITIVE:
+        value = getattr(cfg, name)
+        if not _is_number(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    for name in ("reconnect_backoff_s", "npc_min_distance_m", "tm_distance_to_leading_m"):
+        value = getattr(cfg, name)
+        if not _is_number(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if cfg.rank is not None and (not _is_int(cfg.rank) or cfg.rank < 0):
+        raise ValueError(f"rank must be None or an integer >= 0, got {cfg.rank!r}")
+    for name in ("max_reconnects", "npc_vehicles", "route_start_index"):
+        value = getattr(cfg, name)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if not _is_int(cfg.camera_size) or cfg.camera_size < 16:
+        raise ValueError(f"camera_size must be an integer >= 16 pixels, got {cfg.camera_size!r}")
+    if cfg.seed is not None and (not _is_int(cfg.seed) or cfg.seed < 0):
+        raise ValueError(f"seed must be None or an integer >= 0, got {cfg.seed!r}")
+    if cfg.dt > 0.1:
+        raise ValueError(f"dt must be <= 0.1 s (CARLA's physics is unreliable below 10 Hz), got {cfg.dt}")
+
+
+_POSITIVE = (
+    "timeout_s",
+    "connect_timeout_s",
+    "load_timeout_s",
+    "sensor_timeout_s",
+    "dt",
+    "camera_fov_deg",
+    "route_length_m",
+    "route_step_m",
+)
+
+
+def _checked(host: str, port: int, tm_port: int) -> tuple[str, int, int]:
+    if not 0 < tm_port < 65536:
+        raise ValueError(f"The TM port {tm_port} of {host}:{port} (port + {TM_PORT_OFFSET}) is not a valid port; pass tm_port")
+    return host, port, tm_port

@@ -1,0 +1,347 @@
+"""The connection to one CARLA server: timeouts, version check, town, synchronous mode, Traffic Manager.
+
+One :class:`CarlaConnection` per env. It claims its ``(host, port, tm_port)`` with a lock file, so two envs
+on one machine (in one process or several) can never drive the same Traffic Manager; the world settings
+the first env found are kept next to the lock and restored by the last env that leaves the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sb3_av.envs.carla.config import CarlaConfig
+from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaVersionError
+
+try:  # POSIX only; elsewhere the port claim is skipped
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["CarlaConnection", "lock_dir"]
+
+logger = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT_S = 2.0  # RPC limit while cleaning up, so a dead server cannot stall close()
+
+
+def lock_dir() -> Path:
+    """The folder of the port-claim lock files (``$SB3_AV_CARLA_LOCK_DIR`` or the temp dir)."""
+    path = Path(os.environ.get("SB3_AV_CARLA_LOCK_DIR", Path(tempfile.gettempdir()) / "sb3_av_carla_locks"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _safe(host: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", host)
+
+
+class _Claim:
+    """Exclusive ``flock`` s (released on close or process exit) on this machine.
+
+    ``tm<tm_port>.lock``: the Traffic Manager runs in the client process and listens on ``tm_port`` of this
+    machine, so one port serves one env. ``srv_<host>_<port>.tm<tm_port>.lock``: marks this env as a user
+    of the server, so the last one to leave restores the world settings.
+    """
+
+    def __init__(self, host: str, port: int, tm_port: int) -> None:
+        self.server_prefix = f"srv_{_safe(host)}_{port}."
+        self.tm_path = lock_dir() / f"tm{tm_port}.lock"
+        self.path = lock_dir() / f"{self.server_prefix}tm{tm_port}.lock"
+        self._fds: list[int] = []
+
+    def acquire(self) -> bool:
+        if fcntl is None:
+            return True
+        for path in (self.tm_path, self.path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                self.release()
+                return False
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fds.append(fd)
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.tm_path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def others_on_server(self) -> int:
+        """How many other envs on this machine use the same server right now."""
+        if fcntl is None:
+            return 0
+        n = 0
+        for path in lock_dir().glob(f"{self.server_prefix}tm*.lock"):
+            if path == self.path:
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                n += 1
+            finally:
+                os.close(fd)
+        return n
+
+    @property
+    def settings_path(self) -> Path:
+        return lock_dir() / f"{self.server_prefix}settings.json"
+
+    def release(self) -> None:
+        for fd in self._fds:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._fds = []
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    match = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", str(text))
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def _map_basename(name: str) -> str:
+    return str(name).rstrip("/").rsplit("/", 1)[-1]
+
+
+class CarlaConnection:
+    """Client, world, map and Traffic Manager of one server, with bounded reconnects.
+
+    :param config: backend settings (server, ports, timeouts, town, dt).
+    :param carla_module: the ``carla`` module (or a stand-in exposing the same names).
+    :param client_factory: ``(host, port) -> carla.Client``.
+    """
+
+    def __init__(self, config: CarlaConfig, carla_module: Any, client_factory: Callable[..., Any]) -> None:
+        self.config = config
+        self._candidates = config.candidates()
+        self.host, self.port, self.tm_port = self._candidates[0]
+        self._carla = carla_module
+        self._client_factory = client_factory
+        self._claim = _Claim(self.host, self.port, self.tm_port)
+        self._claimed = False
+        self._original: dict[str, Any] | None = None
+        self.client: Any = None
+        self.world: Any = None
+        self.map: Any = None
+        self.traffic_manager: Any = None
+        self.generation = 0  # incremented by every successful (re)connect
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        """True while a world is held."""
+        return self.world is not None
+
+    # ------------------------------------------------------------------ open / reconnect / close
+    def open(self) -> None:
+        """Claim the server's TM port on this machine, then connect (one attempt, ``connect_timeout_s``).
+
+        :raises CarlaBackendError: another env on this machine uses this server with the same TM port.
+        :raises CarlaConnectionError: no server answered within ``connect_timeout_s``.
+        :raises CarlaVersionError: the server is not CARLA 0.9.16.
+        """
+        if not self._claimed:
+            self._claim_server()
+        try:
+            self._connect()
+        except BaseException:
+            self.close()  # restores the settings if the failure came after they were changed
+            raise
+
+    def _claim_server(self) -> None:
+        """Take the first candidate server whose TM port no other env on this machine holds."""
+        for host, port, tm_port in self._candidates:
+            claim = _Claim(host, port, tm_port)
+            if claim.acquire():
+                self.host, self.port, self.tm_port, self._claim = host, port, tm_port, claim
+                self._claimed = True
+                return
+        if len(self._candidates) == 1:
+            raise CarlaBackendError(
+                f"Traffic Manager port {self.tm_port} is already used by another env on this machine "
+                f"(pid {self._claim.holder()}; lock {self._claim.tm_path}). Every env needs its own TM port: give "
+                "each env its own server (servers=[...]; TM port = port + 6000), a tm_port of its own, or, for "
+                "servers on different hosts with the same port, write them as 'host:port:tm_port'. An eval env counts "
+                "too: with train.py use --eval-env-kwargs port:<another server's port>, list both servers in servers=[...], "
+                "or --eval-freq -1."
+            )
+        listed = ", ".join(f"{h}:{p} (TM {t})" for h, p, t in self._candidates)
+        raise CarlaBackendError(
+            f"Every server in servers=[...] is already used by another env on this machine: {listed}. "
+            "List one server per env (n_envs, plus one for an eval env), or give distinct TM ports ('host:port:tm_port')."
+        )
+
+    def reconnect(self, cause: BaseException) -> None:
+        """Drop the current client and reconnect, at most ``max_reconnects`` attempts with growing waits.
+
+        :param cause: the error that showed the server was lost or hung (quoted in the final error).
+        :raises CarlaConnectionError: every attempt failed; the message names host:port and how to start CARLA.
+        """
+        self._drop()
+        attempts = self.config.max_reconnects
+        last: BaseException = cause
+        for k in range(1, attempts + 1):
+            wait = k * self.config.reconnect_backoff_s
+            logger.warning(
+                "CARLA server %s lost (%s); reconnect attempt %d/%d in %.1f s", self.address, last, k, attempts, wait
+            )
+            time.sleep(wait)
+            try:
+                self._connect()
+                logger.warning("Reconnected to the CARLA server %s", self.address)
+                return
+            except (RuntimeError, CarlaConnectionError) as exc:
+                self._drop()
+                last = exc
+            except BaseException:  # the server is back but unusable (version, TM port): say so at once
+                self._drop()
+                raise
+        raise CarlaConnectionError(
+            f"Lost the CARLA server at {self.address} and {attempts} reconnect attempt(s) failed "
+            f"(first error: {_one_line(cause)}; last: {_one_line(last)}). Nothing written so far (checkpoints, logs) "
+            "was touched; restart the server and resume from the last checkpoint.",
+            self.host,
+            self.port,
+        )
+
+    def close(self) -> None:
+        """Restore the world settings (if no other env on this machine still uses the server) and release the port.
+
+        Idempotent; never blocks longer than a few seconds on a dead server.
+        """
+        try:
+            if self.connected:
+                with contextlib.suppress(Exception):
+                    self.client.set_timeout(min(self.config.timeout_s, _CLOSE_TIMEOUT_S))
+                try:
+                    if self.traffic_manager is not None:
+                        self.traffic_manager.set_synchronous_mode(False)
+                    if self._claim.others_on_server() == 0:
+                        self._restore_settings()
+                except Exception as exc:  # the server may be gone; closing must still succeed
+                    logger.warning("Could not restore the CARLA settings on %s: %s", self.address, _one_line(exc))
+        finally:
+            self._drop()
+            self._release_claim()
+
+    # ------------------------------------------------------------------ internals
+    def _connect(self) -> None:
+        cfg = self.config
+        client = self._client_factory(self.host, self.port)
+        client.set_timeout(cfg.connect_timeout_s)
+        try:
+            server_version = client.get_server_version()
+        except RuntimeError as exc:
+            raise CarlaConnectionError(
+                f"No CARLA server answered at {self.address} within {cfg.connect_timeout_s:g} s (connect_timeout_s): "
+                f"{_one_line(exc)}.",
+                self.host,
+                self.port,
+            ) from None
+        client_version = client.get_client_version()
+        if _version_tuple(server_version) != _version_tuple(client_version):
+            raise CarlaVersionError(
+                f"The CARLA server at {self.address} runs version {server_version} but the client is {client_version}; "
+                f"run a CARLA {CARLA_VERSION} server (docker image carlasim/carla:{CARLA_VERSION}) "
+                f"with carla=={CARLA_VERSION}."
+            )
+        client.set_timeout(cfg.timeout_s)
+        world = client.get_world()
+        if _map_basename(world.get_map().name) != _map_basename(cfg.town):
+            world = self._load_town(client)
+        self.client = client
+        self.world = world
+        self._apply_sync_settings()
+        try:
+            tm = client.get_trafficmanager(self.tm_port)
+        except RuntimeError as exc:
+            raise CarlaBackendError(
+                f"Could not start the Traffic Manager on port {self.tm_port} for {self.address} ({_one_line(exc)}); "
+                "the port is probably used by another program: pass a free tm_port"
+            ) from None
+        tm.set_synchronous_mode(True)
+        tm.set_global_distance_to_leading_vehicle(cfg.tm_distance_to_leading_m)
+        tm.set_random_device_seed(int(cfg.seed) if cfg.seed is not None else 0)
+        self.traffic_manager = tm
+        world.tick(cfg.timeout_s)
+        self.map = world.get_map()
+        self.generation += 1
+
+    def _load_town(self, client: Any) -> Any:
+        cfg = self.config
+        available = [_map_basename(m) for m in client.get_available_maps()]
+        if _map_basename(cfg.town) not in available:
+            raise CarlaBackendError(
+                f"The CARLA server at {self.address} has no map {cfg.town!r}; available: {', '.join(available)}"
+            )
+        logger.info("Loading %s on the CARLA server %s", cfg.town, self.address)
+        client.set_timeout(cfg.load_timeout_s)
+        try:
+            world = client.load_world(cfg.town, reset_settings=False)
+        finally:
+            client.set_timeout(cfg.timeout_s)
+        return world
+
+    def _apply_sync_settings(self) -> None:
+        settings = self.world.get_settings()
+        current = {"synchronous_mode": bool(settings.synchronous_mode), "fixed_delta_seconds": settings.fixed_delta_seconds}
+        path = self._claim.settings_path
+        if self._claim.others_on_server() == 0 or not path.exists():
+            # first env on this server: what it finds is what the user had
+            if self._original is None:
+                self._original = current
+            path.write_text(json.dumps(self._original))
+        elif self._original is None:
+            self._original = json.loads(path.read_text())
+        settings.synchronous_mode = True
+        settings.fixed_delta_seconds = self.config.dt
+        self.world.apply_settings(settings)
+
+    def _restore_settings(self) -> None:
+        original = self._original
+        path = self._claim.settings_path
+        if original is None and path.exists():
+            original = json.loads(path.read_text())
+        if original is None:
+            return
+        settings = self.world.get_settings()
+        settings.synchronous_mode = bool(original["synchronous_mode"])
+        settings.fixed_delta_seconds = original["fixed_delta_seconds"]
+        self.world.apply_settings(settings)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _drop(self) -> None:
+        self.client = None
+        self.world = None
+        self.map = None
+        self.traffic_manager = None
+
+    def _release_claim(self) -> None:
+        if self._claimed:
+            self._claim.release()
+            self._claimed = False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].rstrip('.') if text else ''}"

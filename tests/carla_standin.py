@@ -1,0 +1,775 @@
+"""A stand-in for the CARLA 0.9.16 *server*, for testing the CARLA backend without a simulator.
+
+Only the server side is replaced: the backend still imports the real ``carla`` client module and uses its
+types (``carla.Transform``, ``carla.Location``, ``carla.Rotation``, ``carla.VehicleControl``,
+``carla.WorldSettings``, ``carla.LaneType``, ``carla.command.DestroyActor`` / ``SetAutopilot`` /
+``SpawnActor``), and the map is a real ``carla.Map`` built from an OpenDRIVE road (a real client parses
+it and answers ``get_waypoint`` / ``Waypoint.next``). The stand-in implements only the calls the backend
+makes, records them, and checks the rules the backend must keep (``violations``).
+
+Two things cannot be built without a server and are stand-ins: ``ActorBlueprint`` (so
+``carla.command.SpawnActor(blueprint, transform)`` is replaced, in :data:`standin_carla`, by a function
+that returns a real ``carla.command.SpawnActor`` carrying the stand-in blueprint) and sensor data
+(``carla.Image``, ``CollisionEvent`` and ``LaneInvasionEvent`` cannot be instantiated from Python).
+:func:`api_mismatches` checks that every member of every stand-in class exists on the real class with
+the same kind (property or method), so the backend cannot pass the tests by calling an API that CARLA lacks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import carla
+
+__all__ = ["StandinNetwork", "StandinServer", "api_mismatches", "standin_carla"]
+
+CLIENT_VERSION = carla.Client("127.0.0.1", 1).get_client_version()  # the real client's version, no connection made
+_TIMEOUT = "time-out of {ms}ms while waiting for the simulator, make sure the simulator is ready and connected to {addr}"
+
+# A two-lane road: 100 m straight, a 90 degree left curve (radius 20 m), 500 m straight, sidewalks.
+_XODR = """<?xml version="1.0" standalone="yes"?>
+<OpenDRIVE>
+  <header revMajor="1" revMinor="4" name="standin" version="1.00" north="0" south="0" east="0" west="0"/>
+  <road name="r1" length="631.4159265" id="1" junction="-1">
+    <link/>
+    <planView>
+      <geometry s="0" x="0" y="0" hdg="0" length="100"><line/></geometry>
+      <geometry s="100" x="100" y="0" hdg="0" length="31.4159265"><arc curvature="0.05"/></geometry>
+      <geometry s="131.4159265" x="120" y="20" hdg="1.5707963" length="500"><line/></geometry>
+    </planView>
+    <elevationProfile><elevation s="0" a="0" b="0" c="0" d="0"/></elevationProfile>
+    <lateralProfile/>
+    <lanes>
+      <laneSection s="0">
+        <left>
+          <lane id="2" type="sidewalk" level="false"><link/><width sOffset="0" a="2.0" b="0" c="0" d="0"/></lane>
+          <lane id="1" type="driving" level="false"><link/><width sOffset="0" a="3.5" b="0" c="0" d="0"/>
+            <roadMark sOffset="0" type="solid" weight="standard" color="standard" width="0.15"/></lane>
+        </left>
+        <center><lane id="0" type="driving" level="false"><link/>
+          <roadMark sOffset="0" type="broken" weight="standard" color="standard" width="0.15"/></lane></center>
+        <right>
+          <lane id="-1" type="driving" level="false"><link/><width sOffset="0" a="3.5" b="0" c="0" d="0"/>
+            <roadMark sOffset="0" type="solid" weight="standard" color="standard" width="0.15"/></lane>
+          <lane id="-2" type="sidewalk" level="false"><link/><width sOffset="0" a="2.0" b="0" c="0" d="0"/></lane>
+        </right>
+      </laneSection>
+    </lanes>
+  </road>
+</OpenDRIVE>
+"""
+
+_MAPS: dict[str, Any] = {}
+
+
+def _real_map(town: str) -> Any:
+    """A real ``carla.Map`` (parsed by the real client) named like a server's map."""
+    if town not in _MAPS:
+        _MAPS[town] = carla.Map(f"Carla/Maps/{town}", _XODR)
+    return _MAPS[town]
+
+
+def _spawn_command(blueprint: Any, transform: Any) -> Any:
+    """``carla.command.SpawnActor(blueprint, transform)`` for a stand-in blueprint: a real SpawnActor command."""
+    cmd = carla.command.SpawnActor()
+    cmd.transform = transform
+    cmd.standin_blueprint = blueprint.copy()
+    return cmd
+
+
+class _CommandModule(types.SimpleNamespace):
+    def __getattr__(self, name: str) -> Any:
+        return getattr(carla.command, name)
+
+
+class _CarlaModule(types.SimpleNamespace):
+    def __getattr__(self, name: str) -> Any:
+        return getattr(carla, name)
+
+
+#: The ``carla`` module as the backend sees it against the stand-in: everything real but SpawnActor.
+standin_carla = _CarlaModule(command=_CommandModule(SpawnActor=_spawn_command))
+
+
+def _copy_settings(settings: Any) -> Any:
+    out = carla.WorldSettings()
+    for name in (
+        "synchronous_mode",
+        "no_rendering_mode",
+        "fixed_delta_seconds",
+        "substepping",
+        "max_substep_delta_time",
+        "max_substeps",
+        "max_culling_distance",
+        "deterministic_ragdolls",
+    ):
+        setattr(out, name, getattr(settings, name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data types
+class StandinAttribute:
+    _REAL = carla.ActorAttribute
+
+    def __init__(self, name: str, value: str) -> None:
+        self._id = name
+        self.value = str(value)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def as_int(self) -> int:
+        return int(self.value)
+
+    def as_str(self) -> str:
+        return self.value
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StandinBlueprint:
+    _REAL = carla.ActorBlueprint
+
+    def __init__(self, blueprint_id: str, **attributes: str) -> None:
+        self._id = blueprint_id
+        self._attrs = {k: StandinAttribute(k, v) for k, v in attributes.items()}
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def tags(self) -> list[str]:
+        return self._id.split(".")
+
+    def has_attribute(self, name: str) -> bool:
+        return name in self._attrs
+
+    def get_attribute(self, name: str) -> StandinAttribute:
+        if name not in self._attrs:
+            raise IndexError(f"no attribute {name!r} in {self._id}")
+        return self._attrs[name]
+
+    def set_attribute(self, name: str, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("ActorBlueprint.set_attribute needs a str value")  # as the real Boost signature
+        self.get_attribute(name).value = value
+
+    def copy(self) -> StandinBlueprint:
+        """Not a CARLA method: SpawnActor/spawn_actor copy the blueprint, as the server receives a description."""
+        return StandinBlueprint(self._id, **{k: a.value for k, a in self._attrs.items()})
+
+
+class StandinBlueprintLibrary:
+    _REAL = carla.BlueprintLibrary
+
+    def __init__(self, blueprints: list[StandinBlueprint]) -> None:
+        self._bps = blueprints
+
+    def find(self, blueprint_id: str) -> StandinBlueprint:
+        for bp in self._bps:
+            if bp.id == blueprint_id:
+                return bp.copy()
+        raise IndexError(f"blueprint {blueprint_id!r} not found")
+
+    def filter(self, pattern: str) -> list[StandinBlueprint]:
+        return [bp.copy() for bp in self._bps if fnmatch.fnmatch(bp.id, pattern)]
+
+
+def _blueprints() -> list[StandinBlueprint]:
+    vehicles = [
+        ("vehicle.tesla.model3", "4"),
+        ("vehicle.audi.a2", "4"),
+        ("vehicle.mini.cooper_s", "4"),
+        ("vehicle.yamaha.yzf", "2"),
+    ]
+    bps = [StandinBlueprint(i, role_name="autopilot", number_of_wheels=w) for i, w in vehicles]
+    bps.append(
+        StandinBlueprint(
+            "sensor.camera.rgb", role_name="front", image_size_x="800", image_size_y="600", fov="90", sensor_tick="0.0"
+        )
+    )
+    bps.append(StandinBlueprint("sensor.other.collision", role_name="front"))
+    bps.append(StandinBlueprint("sensor.other.lane_invasion", role_name="front"))
+    return bps
+
+
+@dataclass
+class StandinImage:
+    """A camera image: BGRA bytes, the top half one gray value (see :meth:`StandinServer.image_value`)."""
+
+    _REAL = carla.Image
+    frame: int
+    timestamp: float
+    width: int
+    height: int
+    fov: float
+    raw_data: bytes
+    transform: Any = None
+
+
+@dataclass
+class StandinCollisionEvent:
+    _REAL = carla.CollisionEvent
+    frame: int
+    timestamp: float
+    actor: Any
+    other_actor: Any
+    transform: Any = None
+
+
+@dataclass
+class StandinLaneInvasionEvent:
+    _REAL = carla.LaneInvasionEvent
+    frame: int
+    timestamp: float
+    actor: Any
+    crossed_lane_markings: list = field(default_factory=list)
+    transform: Any = None
+
+
+@dataclass
+class StandinResponse:
+    _REAL = carla.command.Response
+    actor_id: int = 0
+    error: str = ""
+
+    def has_error(self) -> bool:
+        return bool(self.error)
+
+
+# ---------------------------------------------------------------------------------------------- actors
+class StandinActor:
+    _REAL = carla.Actor
+
+    def __init__(self, server: StandinServer, actor_id: int, blueprint: StandinBlueprint, transform: Any, parent: Any) -> None:
+        self._server = server
+        self._id = actor_id
+        self._type_id = blueprint.id
+        self._attributes = {k: a.value for k, a in blueprint._attrs.items()}
+        self._parent = parent
+        self._transform = carla.Transform(transform.location, transform.rotation)
+        self._alive = True
+        self._epoch = server.epoch
+        self._spawn_frame = server.frame
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def type_id(self) -> str:
+        return self._type_id
+
+    @property
+    def attributes(self) -> dict:
+        return dict(self._attributes)
+
+    @property
+    def parent(self) -> Any:
+        return self._parent
+
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def get_transform(self) -> Any:
+        if self._parent is None:
+            return carla.Transform(self._transform.location, self._transform.rotation)
+        return self._parent.get_transform()
+
+    def get_location(self) -> Any:
+        return self.get_transform().location
+
+    def destroy(self) -> bool:
+        self._server._call("actor.destroy", self._id, epoch=self._epoch)
+        return self._server._destroy(self._id)
+
+
+class StandinVehicle(StandinActor):
+    _REAL = carla.Vehicle
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.speed = 0.0
+        self.control: Any = None
+
+    def get_velocity(self) -> Any:
+        f = self._transform.get_forward_vector()
+        return carla.Vector3D(f.x * self.speed, f.y * self.speed, 0.0)
+
+    def apply_control(self, control: Any) -> None:
+        self._server._call("vehicle.apply_control", self._id, control, epoch=self._epoch)
+        if not isinstance(control, carla.VehicleControl):
+            self._server.violations.append(f"apply_control with {type(control).__name__}, not carla.VehicleControl")
+        self.control = control
+
+    def _advance(self, dt: float) -> None:
+        """Kinematic bicycle in CARLA's left-handed frame: positive steer turns right (yaw grows clockwise)."""
+        c = self.control
+        if c is None:
+            return
+        self.speed = max(self.speed + (4.0 * c.throttle - 8.0 * c.brake) * dt, 0.0)
+        yaw = self._transform.rotation.yaw + math.degrees(self.speed * math.tan(0.6 * c.steer) / 2.9 * dt)
+        loc = self._transform.location
+        rad = math.radians(yaw)
+        self._transform = carla.Transform(
+            carla.Location(loc.x + self.speed * math.cos(rad) * dt, loc.y + self.speed * math.sin(rad) * dt, loc.z),
+            carla.Rotation(yaw=yaw),
+        )
+
+
+class StandinSensor(StandinActor):
+    _REAL = carla.Sensor
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.callback: Callable[[Any], None] | None = None
+
+    def listen(self, callback: Callable[[Any], None]) -> None:
+        self._server._call("sensor.listen", self._id, epoch=self._epoch)
+        self.callback = callback
+
+    def stop(self) -> None:
+        self._server._call("sensor.stop", self._id)
+        self.callback = None
+
+    def is_listening(self) -> bool:
+        return self.callback is not None
+
+
+# ---------------------------------------------------------------------------------------------- server side
+class StandinTrafficManager:
+    _REAL = carla.TrafficManager
+
+    def __init__(self, server: StandinServer, port: int) -> None:
+        self._server = server
+        self.port = port
+        self._epoch = server.epoch
+        self.synchronous: bool | None = None
+        self.seeds: list[int] = []
+        self.distance: float | None = None
+
+    def get_port(self) -> int:
+        return self.port
+
+    def set_synchronous_mode(self, mode_switch: bool = True) -> None:
+        self._server._call("tm.set_synchronous_mode", self.port, mode_switch, epoch=self._epoch)
+        self.synchronous = bool(mode_switch)
+
+    def set_random_device_seed(self, value: int) -> None:
+        self._server._call("tm.set_random_device_seed", self.port, value, epoch=self._epoch)
+        self.seeds.append(value)
+
+    def set_global_distance_to_leading_vehicle(self, distance: float) -> None:
+        self._server._call("tm.set_global_distance_to_leading_vehicle", self.port, distance, epoch=self._epoch)
+        self.distance = distance
+
+
+class StandinMap:
+    """The server's map: a real ``carla.Map``; spawn points (level data, not in the OpenDRIVE) from the stand-in."""
+
+    _REAL = carla.Map
+
+    def __init__(self, town: str) -> None:
+        self._map = _real_map(town)
+        start = self._map.get_waypoint_xodr(1, -1, 5.0)
+        points = [start.transform]
+        for wp in sorted(self._map.generate_waypoints(8.0), key=lambda w: (w.lane_id, w.s)):
+            if wp.lane_type == carla.LaneType.Driving and wp.transform.location.distance(start.transform.location) > 1.0:
+                points.append(wp.transform)
+        self._spawn_points = [
+            carla.Transform(carla.Location(p.location.x, p.location.y, p.location.z + 0.3), p.rotation) for p in points
+        ]
+
+    @property
+    def name(self) -> str:
+        return self._map.name
+
+    def get_spawn_points(self) -> list:
+        return list(self._spawn_points)
+
+    def get_waypoint(self, location: Any, project_to_road: bool = True, lane_type: Any = carla.LaneType.Driving) -> Any:
+        return self._map.get_waypoint(location, project_to_road=project_to_road, lane_type=lane_type)
+
+
+class StandinWorld:
+    _REAL = carla.World
+
+    def __init__(self, server: StandinServer) -> None:
+        self._server = server
+        self._episode = server.episode
+        self._epoch = server.epoch
+
+    @property
+    def id(self) -> int:
+        return self._episode
+
+    def get_map(self) -> StandinMap:
+        self._server._call("world.get_map", epoch=self._epoch)
+        return self._server.map
+
+    def get_settings(self) -> Any:
+        self._server._call("world.get_settings", epoch=self._epoch)
+        return _copy_settings(self._server.settings)
+
+    def apply_settings(self, settings: Any) -> int:
+        self._server._call("world.apply_settings", _copy_settings(settings), epoch=self._epoch)
+        self._server.settings = _copy_settings(settings)
+        return self._server.frame
+
+    def tick(self, seconds: float = 10.0) -> int:
+        self._server._call("world.tick", seconds, epoch=self._epoch)
+        return self._server._tick()
+
+    def get_blueprint_library(self) -> StandinBlueprintLibrary:
+        self._server._call("world.get_blueprint_library", epoch=self._epoch)
+        return StandinBlueprintLibrary(self._server.blueprints)
+
+    def try_spawn_actor(self, blueprint: Any, transform: Any, attach_to: Any = None) -> Any:
+        self._server._call("world.try_spawn_actor", blueprint.id, epoch=self._epoch)
+        actor, _ = self._server._spawn(blueprint, transform, attach_to)
+        return actor
+
+    def spawn_actor(self, blueprint: Any, transform: Any, attach_to: Any = None) -> Any:
+        self._server._call("world.spawn_actor", blueprint.id, epoch=self._epoch)
+        actor, error = self._server._spawn(blueprint, transform, attach_to)
+        if actor is None:
+            raise RuntimeError(error)
+        return actor
+
+    def get_actors(self, actor_ids: list[int] | None = None) -> list:
+        self._server._call("world.get_actors", epoch=self._epoch)
+        actors = [a for a in self._server.actors.values() if a.is_alive]
+        return actors if actor_ids is None else [a for a in actors if a.id in actor_ids]
+
+
+class StandinClient:
+    _REAL = carla.Client
+
+    def __init__(self, network: StandinNetwork, host: str, port: int, worker_threads: int = 0) -> None:
+        self._network = network
+        self._addr = (host, port)
+        self._timeout_s = 5.0
+        server = network.servers.get(self._addr)
+        self._epoch = server.epoch if server is not None else -1
+
+    def _server(self, method: str) -> StandinServer:
+        server = self._network.servers.get(self._addr)
+        if server is None or server.epoch != self._epoch:  # nothing there, or the server restarted since
+            raise RuntimeError(_TIMEOUT.format(ms=int(self._timeout_s * 1000), addr=f"{self._addr[0]}:{self._addr[1]}"))
+        server._call(f"client.{method}", timeout_s=self._timeout_s)
+        return server
+
+    def set_timeout(self, second: float) -> None:
+        self._timeout_s = float(second)
+
+    def get_client_version(self) -> str:
+        return CLIENT_VERSION
+
+    def get_server_version(self) -> str:
+        return self._server("get_server_version").version
+
+    def get_world(self) -> StandinWorld:
+        return StandinWorld(self._server("get_world"))
+
+    def get_available_maps(self) -> list[str]:
+        self._server("get_available_maps")
+        return [f"/Game/Carla/Maps/{t}" for t in ("Town01", "Town02", "Town10HD_Opt")]
+
+    def load_world(self, map_name: str, reset_settings: bool = True, map_layers: Any = None) -> StandinWorld:
+        server = self._server("load_world")
+        server._load(map_name, reset_settings)
+        return StandinWorld(server)
+
+    def get_trafficmanager(self, client_connection: int = 8000) -> StandinTrafficManager:
+        server = self._server("get_trafficmanager")
+        return self._network._traffic_manager(server, self._addr[0], client_connection)
+
+    def apply_batch_sync(self, commands: list, do_tick: bool = False) -> list:
+        return self._server("apply_batch_sync")._batch(commands, do_tick)
+
+
+class StandinServer:
+    """One simulated CARLA server.
+
+    :param version: the version it reports (``get_server_version``).
+    :param town: the map loaded at start.
+    :param camera_size: not a CARLA setting: unused (images have the size the camera blueprint asks for).
+    """
+
+    def __init__(self, version: str = CLIENT_VERSION, town: str = "Town01") -> None:
+        self.version = version
+        self.calls: list[tuple[str, tuple]] = []
+        self.violations: list[str] = []
+        self.blueprints = _blueprints()
+        self.actors: dict[int, StandinActor] = {}
+        self.autopilot: dict[int, int] = {}  # actor id -> TM port
+        self.traffic_managers: dict[int, StandinTrafficManager] = {}
+        self.settings = carla.WorldSettings()  # CARLA's defaults: asynchronous, variable step
+        self.frame = 1000
+        self.epoch = 0
+        self.episode = 1
+        self.town = town
+        self.map = StandinMap(town)
+        self.down = False
+        self._faults: list[dict] = []
+        self.stale_images = 0  # deliver this many stale images (previous frame) before the next ticks' images
+        self.drop_images = 0  # drop the images of this many next ticks
+        self.collide_next_tick = False
+        spectator = StandinBlueprint("spectator")
+        self._next_id = 1
+        self.spectator = self._add(StandinActor, spectator, carla.Transform(), None)
+
+    # ---------------------------------------------------------------- test controls
+    def fail(
+        self,
+        method: str,
+        times: int = 1,
+        skip: int = 0,
+        after: bool = False,
+        error: str | None = None,
+        exception: type[BaseException] = RuntimeError,
+    ) -> None:
+        """Make the next call(s) of ``method`` (e.g. ``"world.tick"``, ``"client.apply_batch_sync"``) raise.
+
+        :param times: how many calls fail.
+        :param skip: calls to let through first.
+        :param after: fail after doing the work (the reply is lost; e.g. actors spawned but their ids unknown).
+        :param error: the message; default CARLA's time-out message.
+        :param exception: the exception type (CARLA raises RuntimeError; others test unexpected failures).
+        """
+        self._faults.append(
+            {"method": method, "times": times, "skip": skip, "after": after, "error": error, "exception": exception}
+        )
+
+    def restart(self) -> None:
+        """The server process died and was started again: every actor is gone, settings are CARLA's defaults."""
+        self.actors = {k: v for k, v in self.actors.items() if v is self.spectator}
+        self.autopilot = {}
+        self.traffic_managers = {}
+        self.settings = carla.WorldSettings()
+        self.epoch += 1
+        self.episode += 1
+
+    def count(self, method: str) -> int:
+        """How many times ``method`` was called."""
+        return sum(1 for m, _ in self.calls if m == method)
+
+    def alive(self, prefix: str = "") -> list[StandinActor]:
+        """Alive actors whose type id starts with ``prefix``."""
+        return [a for a in self.actors.values() if a.is_alive and a.type_id.startswith(prefix)]
+
+    # ---------------------------------------------------------------- internals
+    def _call(self, method: str, *args: Any, timeout_s: float = 5.0, epoch: int | None = None) -> None:
+        self.calls.append((method, args))
+        if self.down or (epoch is not None and epoch != self.epoch):  # down, or a handle from before a restart
+            raise RuntimeError(_TIMEOUT.format(ms=int(timeout_s * 1000), addr="standin"))
+        for fault in self._faults:
+            if fault["method"] != method or fault["times"] <= 0:
+                continue
+            if fault["skip"] > 0:
+                fault["skip"] -= 1
+                continue
+            if fault["after"]:
+                self._pending_after: dict | None = fault
+                return
+            fault["times"] -= 1
+            raise fault["exception"](fault["error"] or _TIMEOUT.format(ms=int(timeout_s * 1000), addr="standin"))
+
+    def _maybe_fail_after(self, method: str) -> None:
+        fault: dict | None = getattr(self, "_pending_after", None)
+        if fault is not None and fault["method"] == method:
+            self._pending_after = None
+            fault["times"] -= 1
+            raise RuntimeError(fault["error"] or _TIMEOUT.format(ms=5000, addr="standin"))
+
+    def _add(self, cls: type, blueprint: StandinBlueprint, transform: Any, parent: Any) -> Any:
+        actor = cls(self, self._next_id, blueprint, transform, parent)
+        self.actors[actor.id] = actor
+        self._next_id += 1
+        return actor
+
+    def _spawn(self, blueprint: StandinBlueprint, transform: Any, parent: Any) -> tuple[Any, str]:
+        if not isinstance(transform, carla.Transform):
+            self.violations.append(f"spawn with a {type(transform).__name__}, not a carla.Transform")
+        if blueprint.id.startswith("sensor."):
+            if parent is None or not parent.is_alive:
+                return None, "sensor spawned without a live parent"
+            return self._add(StandinSensor, blueprint, transform, parent), ""
+        for other in self.alive("vehicle."):
+            if other.get_transform().location.distance(transform.location) < 2.0:
+                return None, "Spawn failed because of collision at spawn position"
+        return self._add(StandinVehicle, blueprint, transform, None), ""
+
+    def _destroy(self, actor_id: int) -> bool:
+        actor = self.actors.get(actor_id)
+        if actor is None or not actor.is_alive:
+            return False
+        if isinstance(actor, StandinSensor) and actor.is_listening():
+            self.violations.append(f"sensor {actor_id} destroyed while still listening (stop it first)")
+        children = [a for a in self.alive("sensor.") if a.parent is actor]
+        if children:
+            self.violations.append(f"vehicle {actor_id} destroyed before its sensors {[c.id for c in children]}")
+        actor._alive = False
+        self.autopilot.pop(actor_id, None)
+        del self.actors[actor_id]
+        return True
+
+    def _batch(self, commands: list, do_tick: bool) -> list[StandinResponse]:
+        out = []
+        for cmd in commands:
+            if isinstance(cmd, carla.command.SpawnActor):
+                bp = getattr(cmd, "standin_blueprint", None)
+                if bp is None:
+                    self.violations.append("SpawnActor without a blueprint")
+                    out.append(StandinResponse(error="no blueprint"))
+                    continue
+                actor, error = self._spawn(bp, cmd.transform, None)
+                out.append(StandinResponse(actor_id=actor.id) if actor is not None else StandinResponse(error=error))
+            elif isinstance(cmd, carla.command.DestroyActor):
+                ok = self._destroy(cmd.actor_id)
+                out.append(StandinResponse(actor_id=cmd.actor_id) if ok else StandinResponse(error="actor not found"))
+            elif isinstance(cmd, carla.command.SetAutopilot):
+                if cmd.tm_port not in self.traffic_managers:
+                    self.violations.append(f"SetAutopilot on TM port {cmd.tm_port}, where no Traffic Manager runs")
+                if cmd.actor_id not in self.actors:
+                    out.append(StandinResponse(error="actor not found"))
+                    continue
+                self.autopilot[cmd.actor_id] = cmd.tm_port
+                out.append(StandinResponse(actor_id=cmd.actor_id))
+            else:
+                self.violations.append(f"unsupported batch command {type(cmd).__name__}")
+                out.append(StandinResponse(error="unsupported"))
+        if do_tick:
+            self._tick()
+        self._maybe_fail_after("client.apply_batch_sync")
+        return out
+
+    def _load(self, map_name: str, reset_settings: bool) -> None:
+        town = map_name.rstrip("/").rsplit("/", 1)[-1]
+        self.actors = {k: v for k, v in self.actors.items() if v is self.spectator}
+        self.town = town
+        self.map = StandinMap(town)
+        self.episode += 1
+        if reset_settings:
+            self.settings = carla.WorldSettings()
+
+    def _tick(self) -> int:
+        if not self.settings.synchronous_mode:
+            self.violations.append("world.tick() in asynchronous mode")
+        dt = self.settings.fixed_delta_seconds or 0.05
+        self.frame += 1
+        for actor in self.alive("vehicle."):
+            if isinstance(actor, StandinVehicle):
+                actor._advance(dt)
+        drop = self.drop_images > 0
+        self.drop_images = max(self.drop_images - 1, 0)
+        for sensor in [a for a in self.alive("sensor.") if isinstance(a, StandinSensor)]:
+            deliver = sensor.callback
+            if deliver is None:
+                continue
+            if sensor.type_id == "sensor.camera.rgb":
+                w, h = int(sensor._attributes["image_size_x"]), int(sensor._attributes["image_size_y"])
+                while self.stale_images > 0:
+                    self.stale_images -= 1
+                    deliver(self._image(self.frame - 1, w, h, sensor))
+                if not drop:
+                    deliver(self._image(self.frame, w, h, sensor))
+            elif sensor.type_id == "sensor.other.collision" and self.collide_next_tick:
+                other = self.alive("vehicle.")[-1]
+                deliver(StandinCollisionEvent(self.frame, self.frame * dt, sensor.parent, other))
+        self.collide_next_tick = False
+        return self.frame
+
+    @staticmethod
+    def image_value(frame: int, camera: StandinActor) -> int:
+        """The gray value of every pixel of ``camera``'s image of ``frame`` (frames since it was spawned, mod 256)."""
+        return (frame - camera._spawn_frame) % 256
+
+    def _image(self, frame: int, w: int, h: int, sensor: StandinSensor) -> StandinImage:
+        value = self.image_value(frame, sensor)
+        top, bottom = bytes([value, value, value, 255]), bytes([255 - value] * 3 + [255])
+        raw = top * (w * (h // 2)) + bottom * (w * (h - h // 2))  # top half: the value; bottom half: its inverse
+        fov = float(sensor._attributes["fov"])
+        return StandinImage(frame, frame * 0.05, w, h, fov, raw, sensor.get_transform())
+
+
+class StandinNetwork:
+    """Servers by address, and the client factory the backend gets (``client_factory(host, port)``).
+
+    The Traffic Manager runs in the client process and listens on ``tm_port`` of the client machine, so
+    asking for a TM port that a TM of *another* server already uses fails like CARLA's bind error.
+    """
+
+    def __init__(self) -> None:
+        self.servers: dict[tuple[str, int], StandinServer] = {}
+        self._tm_owner: dict[tuple[str, int], StandinServer] = {}
+        self.clients: list[StandinClient] = []
+
+    def add(self, host: str = "127.0.0.1", port: int = 2000, **kwargs: Any) -> StandinServer:
+        server = StandinServer(**kwargs)
+        self.servers[(host, port)] = server
+        return server
+
+    def client_factory(self, host: str, port: int, worker_threads: int = 0) -> StandinClient:
+        client = StandinClient(self, host, port, worker_threads)
+        self.clients.append(client)
+        return client
+
+    def _traffic_manager(self, server: StandinServer, host: str, port: int) -> StandinTrafficManager:
+        owner = self._tm_owner.get(("local", port))
+        if owner is not None and owner is not server and port in owner.traffic_managers:
+            raise RuntimeError(
+                "trying to create rpc server for traffic manager; but the system failed to create because of bind error."
+            )
+        self._tm_owner[("local", port)] = server
+        if port not in server.traffic_managers:
+            server.traffic_managers[port] = StandinTrafficManager(server, port)
+        return server.traffic_managers[port]
+
+
+_STANDINS = (
+    StandinAttribute,
+    StandinBlueprint,
+    StandinBlueprintLibrary,
+    StandinImage,
+    StandinCollisionEvent,
+    StandinLaneInvasionEvent,
+    StandinResponse,
+    StandinActor,
+    StandinVehicle,
+    StandinSensor,
+    StandinTrafficManager,
+    StandinMap,
+    StandinWorld,
+    StandinClient,
+)
+_NOT_CARLA = {"copy", "speed", "control", "callback", "seeds", "distance", "synchronous", "port", "value"}
+
+
+def api_mismatches() -> list[str]:
+    """Members of the stand-in classes that the real CARLA class lacks, or has as another kind (property/method)."""
+    problems = []
+    for cls in _STANDINS:
+        real = cls._REAL
+        names = {n for n in vars(cls) if not n.startswith("_")}
+        names |= {n for n in getattr(cls, "__dataclass_fields__", {}) if not n.startswith("_")}
+        for name in sorted(names - _NOT_CARLA):
+            if not hasattr(real, name):
+                problems.append(f"{cls.__name__}.{name}: carla.{real.__name__} has no {name}")
+                continue
+            real_is_property = isinstance(getattr(real, name), property)
+            ours = vars(cls).get(name)
+            ours_is_method = callable(ours) and not isinstance(ours, property)
+            if real_is_property == ours_is_method:
+                kind = "a property" if real_is_property else "a method"
+                problems.append(f"{cls.__name__}.{name}: in carla.{real.__name__} it is {kind}")
+    return problems

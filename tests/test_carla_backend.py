@@ -1,0 +1,531 @@
+"""The CARLA backend against a stand-in server (tests/carla_standin.py), with the real ``carla`` client module."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import carla
+import numpy as np
+import pytest
+
+from sb3_av.envs.carla import (
+    CarlaBackendError,
+    CarlaConfig,
+    CarlaConnectionError,
+    CarlaVersionError,
+    make_carla_env,
+    parse_server,
+    server_for_rank,
+)
+from sb3_av.envs.carla.backend import CarlaBackend
+from sb3_av.envs.carla.errors import CarlaSensorTimeout
+from sb3_av.envs.carla.route import _choose, carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
+from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+from tests import carla_standin as cs
+
+
+@pytest.fixture(autouse=True)
+def _own_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
+
+
+@pytest.fixture
+def net():
+    return cs.StandinNetwork()
+
+
+def _backend(net, **kwargs) -> CarlaBackend:
+    values = {"npc_vehicles": 5, "reconnect_backoff_s": 0.0, "max_reconnects": 2, "sensor_timeout_s": 0.2}
+    values.update(kwargs)
+    return CarlaBackend(values, client_factory=net.client_factory, carla_module=cs.standin_carla)
+
+
+def _own(server: cs.StandinServer, backend: CarlaBackend) -> list:
+    """Actors carrying the backend's tag, or attached to one that does."""
+    tagged = [a for a in server.alive() if a.attributes.get("role_name", "").startswith(backend.tag + ":")]
+    return tagged
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+def test_standin_offers_only_real_carla_api():
+    assert cs.api_mismatches() == []
+    assert cs.standin_carla.Transform is carla.Transform
+    assert cs.standin_carla.command.DestroyActor is carla.command.DestroyActor
+    assert isinstance(
+        cs.standin_carla.command.SpawnActor(cs.StandinBlueprint("vehicle.x"), carla.Transform()), carla.command.SpawnActor
+    )
+
+
+def test_backend_uses_real_carla_types(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    backend.step(0.2, 0.5, 0.0)
+    controls = [args[1] for m, args in server.calls if m == "vehicle.apply_control"]
+    assert controls and all(isinstance(c, carla.VehicleControl) for c in controls)
+    settings = [args[0] for m, args in server.calls if m == "world.apply_settings"]
+    assert all(isinstance(s, carla.WorldSettings) for s in settings)
+    assert isinstance(server.map._map, carla.Map)
+    backend.close()
+    assert server.violations == []
+
+
+def test_importing_the_package_imports_no_carla():
+    code = "import sys, sb3_av.envs, sb3_av.envs.carla; assert 'carla' not in sys.modules, 'carla imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+def test_coordinate_conversion():
+    assert carla_to_world_xy(3.0, 4.0) == (3.0, -4.0)
+    assert carla_to_world_yaw(90.0) == pytest.approx(-math.pi / 2)  # CARLA yaw 90 = facing +y = to the right
+    assert carla_to_world_yaw(-90.0) == pytest.approx(math.pi / 2)
+    assert carla_to_world_yaw(180.0) == pytest.approx(-math.pi)
+    assert world_to_carla_steer(0.3) == -0.3
+
+
+def test_left_steer_turns_counter_clockwise_and_is_sent_negative(net):
+    server = net.add()
+    backend = _backend(net)
+    first = backend.reset(seed=0)
+    frame = first
+    for _ in range(30):
+        frame = backend.step(0.5, 1.0, 0.0)
+    sent = [args[1].steer for m, args in server.calls if m == "vehicle.apply_control"]
+    assert all(s == pytest.approx(-0.5) for s in sent)
+    assert frame.yaw > first.yaw + 0.3  # counter-clockwise in the env's frame
+    assert frame.y > first.y  # and to the left
+    assert frame.speed_ms > 3.0
+    assert frame.sim_time_s == pytest.approx(30 * 0.05)
+    backend.close()
+
+
+def test_route_follows_the_real_map(net):
+    net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    route = backend.route
+    pts = route.points
+    assert route.half_lane_width_m == pytest.approx(1.75)
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    assert seg.sum() == pytest.approx(250.0, abs=3.0)
+    assert np.all(seg > 0)
+    assert pts[0] == pytest.approx([5.0, -1.75], abs=0.05)  # the right-hand lane, y flipped from CARLA
+    end_heading = math.atan2(*(pts[-1] - pts[-2])[::-1])
+    assert end_heading == pytest.approx(math.pi / 2, abs=0.05)  # after the left turn, heading +y
+    backend.close()
+
+
+def test_junction_choice_picks_the_requested_branch():
+    def wp(yaw, nxt=()):
+        return SimpleNamespace(transform=SimpleNamespace(rotation=SimpleNamespace(yaw=yaw)), next=lambda d: list(nxt))
+
+    current = wp(0.0)
+    left, straight, right = wp(-90.0), wp(0.0), wp(90.0)  # CARLA yaw: -90 = left
+    branches = [straight, right, left]
+    assert _choose(current, branches, "left") is left
+    assert _choose(current, branches, "right") is right
+    assert _choose(current, branches, "straight") is straight
+    assert _choose(current, [right, straight], "left") is straight  # no left branch: the smallest turn
+
+
+# ---------------------------------------------------------------------------------------------- images and frames
+def test_bgra_to_gray():
+    raw = np.zeros((2, 3, 4), np.uint8)
+    raw[0, 0, :3] = (0, 0, 255)  # pure red in BGRA
+    raw[0, 1, :3] = (255, 255, 255)
+    raw[1, 2, :3] = (255, 0, 0)  # pure blue
+    gray = bgra_to_gray(raw.tobytes(), width=3, height=2, size=16)
+    assert gray.shape == (16, 16) and gray.dtype == np.uint8
+    assert gray[0, 0] == 76 and gray[0, 6] == 255 and gray[15, 15] == 29
+    same = bgra_to_gray(raw.tobytes(), width=3, height=2, size=2)
+    assert same.shape == (2, 2)
+    with pytest.raises(ValueError, match="needs 24 bytes"):
+        bgra_to_gray(b"\x00" * 10, width=3, height=2, size=16)
+
+
+def test_frame_queue_rejects_stale_and_lost_data():
+    q = FrameQueue("camera")
+    for f in (5, 6, 7):
+        q.put(SimpleNamespace(frame=f))
+    assert q.get(7, timeout_s=0.1).frame == 7
+    assert q.stale_dropped == 2
+    with pytest.raises(CarlaSensorTimeout, match="No camera data for frame 8"):
+        q.get(8, timeout_s=0.05)
+    q.put(SimpleNamespace(frame=10))
+    with pytest.raises(CarlaSensorTimeout, match="frame 9 was lost"):
+        q.get(9, timeout_s=0.05)
+    small = FrameQueue("camera", maxlen=3)
+    for f in range(10):
+        small.put(SimpleNamespace(frame=f))
+    assert small.get(9, timeout_s=0.05).frame == 9 and small.stale_dropped == 9  # bounded, oldest dropped first
+    events = EventQueue("collision")
+    for f in (3, 4, 5):
+        events.put(SimpleNamespace(frame=f))
+    assert [e.frame for e in events.take(4)] == [3, 4]
+    assert [e.frame for e in events.take(5)] == [5]
+
+
+def test_stale_images_are_dropped_and_the_ticked_frame_is_used(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    server.stale_images = 3
+    frame = backend.step(0.0, 0.5, 0.0)
+    assert backend.last_frame_id == server.frame
+    camera = server.alive("sensor.camera")[0]
+    assert int(frame.image[0, 0]) == server.image_value(server.frame, camera)  # each frame has its own gray value
+    assert frame.extra["stale_images_dropped"] == 3
+    backend.close()
+
+
+def test_lost_image_times_out_and_restarts_the_episode(net):
+    server = net.add()
+    backend = _backend(net, sensor_timeout_s=0.1)
+    backend.reset(seed=0)
+    server.drop_images = 1
+    t0 = time.monotonic()
+    frame = backend.step(0.0, 0.5, 0.0)
+    assert time.monotonic() - t0 < 2.0
+    assert frame.extra["episode_restarted"] is True
+    assert "camera" in frame.extra["restart_cause"]
+    assert int(frame.image[0, 0]) == server.image_value(server.frame, server.alive("sensor.camera")[0])
+    assert len(_own(server, backend)) == 4 + 5
+    backend.close()
+    assert server.violations == []
+
+
+def test_collision_event_is_reported(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    assert backend.step(0.0, 0.0, 0.0).collision is False
+    server.collide_next_tick = True
+    frame = backend.step(0.0, 0.0, 0.0)
+    assert frame.collision is True and frame.extra["collision_with"]
+    assert backend.step(0.0, 0.0, 0.0).collision is False
+    backend.close()
+
+
+# ---------------------------------------------------------------------------------------------- actor bookkeeping
+def test_1000_resets_leak_nothing_even_with_failures_mid_reset(net):
+    server = net.add()
+    bp = cs.StandinBlueprint("vehicle.audi.a2", role_name="someone_else", number_of_wheels="4")
+    foreign = server._add(cs.StandinVehicle, bp, carla.Transform(carla.Location(1000, 1000, 0)), None)
+    foreign_sensor = server._add(cs.StandinSensor, cs.StandinBlueprint("sensor.other.collision"), carla.Transform(), foreign)
+    backend = _backend(net, npc_vehicles=20)
+    n_npc = None
+    unexpected = 0
+    t0 = time.monotonic()
+    for i in range(1000):
+        k = i % 50
+        if k == 7:
+            server.fail("world.spawn_actor", skip=1)  # the second sensor fails (a CARLA RuntimeError)
+        elif k == 19:
+            server.fail("client.apply_batch_sync", skip=1, after=True)  # NPCs spawned, their ids lost
+        elif k == 31:
+            server.fail("world.tick")  # the server hangs on the first tick
+        elif k == 43:
+            server.fail("world.spawn_actor", skip=2, exception=KeyError)  # an unexpected error, not CARLA's
+        try:
+            frame = backend.reset(seed=i)
+        except KeyError:
+            unexpected += 1
+            assert _own(server, backend) == []  # what this reset spawned is gone
+            continue
+        own = _own(server, backend)
+        n_npc = frame.extra["npc_vehicles"]
+        assert len(own) == 1 + 3 + n_npc, f"reset {i}: {len(own)} own actors"
+        assert sum(a.type_id.startswith("sensor.") for a in own) == 3
+        if i % 100 == 0:
+            backend.step(0.1, 0.5, 0.0)
+    elapsed = time.monotonic() - t0
+    assert unexpected == 20
+    assert n_npc == 20
+    assert server.count("world.try_spawn_actor") >= 1000
+    backend.close()
+    assert _own(server, backend) == []
+    assert foreign.is_alive and foreign_sensor.is_alive and server.spectator.is_alive
+    assert {a.id for a in server.alive()} == {foreign.id, foreign_sensor.id, server.spectator.id}
+    assert server.violations == []
+    assert elapsed < 30.0
+
+
+def test_close_destroys_sensors_before_their_vehicle_and_is_idempotent(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    sensor_ids = {a.id for a in server.alive("sensor.")}
+    backend.close()
+    backend.close()
+    stops = [args[0] for m, args in server.calls if m == "sensor.stop"]
+    assert set(stops) == sensor_ids
+    assert server.violations == []  # no sensor destroyed while listening, no vehicle before its sensors
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.reset()
+
+
+def test_failed_first_reset_then_close_leaves_nothing(net):
+    server = net.add()
+    backend = _backend(net, max_reconnects=0)
+    server.fail("world.tick", times=5)
+    with pytest.raises(CarlaConnectionError):
+        backend.reset(seed=0)
+    backend.close()
+    assert _own(server, backend) == []
+    assert server.settings.synchronous_mode is False
+
+
+# ---------------------------------------------------------------------------------------------- settings, town, TM
+def test_settings_are_synchronous_while_open_and_restored_on_close(net):
+    server = net.add()
+    before = cs._copy_settings(server.settings)
+    backend = _backend(net, dt=0.05)
+    assert server.settings.synchronous_mode is True
+    assert server.settings.fixed_delta_seconds == pytest.approx(0.05)
+    tm = server.traffic_managers[8000]
+    assert tm.synchronous is True and tm.distance == pytest.approx(2.5)
+    backend.reset(seed=11)
+    assert tm.seeds[-1] == 11
+    ticks = [args[0] for m, args in server.calls if m == "world.tick"]
+    assert ticks and all(t == pytest.approx(10.0) for t in ticks)  # world.tick(timeout_s), never without
+    backend.close()
+    assert server.settings == before
+    assert tm.synchronous is False
+
+
+def test_settings_restored_by_the_last_env_on_a_shared_server(net):
+    server = net.add()
+    a = _backend(net, tm_port=8100, npc_vehicles=0)
+    b = _backend(net, tm_port=8101, route_start_index=60)  # two egos need two start points
+    a.reset(seed=0)
+    b.reset(seed=1)
+    assert len(_own(server, a)) == 4 and len(_own(server, b)) == 4 + 5
+    a.close()
+    assert server.settings.synchronous_mode is True  # b still runs
+    assert len(_own(server, b)) == 4 + 5  # a destroyed only its own actors
+    b.step(0.0, 0.5, 0.0)
+    b.close()
+    assert server.settings.synchronous_mode is False
+    assert server.violations == []
+
+
+def test_town_is_loaded_only_when_another_one_is_loaded(net):
+    same = net.add(port=2000, town="Town01")
+    other = net.add(port=2010, town="Town02")
+    _backend(net, port=2000).close()
+    _backend(net, port=2010).close()
+    assert same.count("client.load_world") == 0
+    assert other.count("client.load_world") == 1 and other.town == "Town01"
+    with pytest.raises(CarlaBackendError, match="no map 'Town99'"):
+        _backend(net, port=2000, town="Town99")
+
+
+def test_tm_ports_are_separate_for_two_envs_on_two_servers(net):
+    s0 = net.add(port=2000)
+    s1 = net.add(port=2002)
+    servers = ["127.0.0.1:2000", "127.0.0.1:2002"]
+    envs = [_backend(net, servers=servers, rank=r) for r in range(2)]
+    for e in envs:
+        e.reset(seed=0)
+    assert set(s0.traffic_managers) == {8000} and set(s1.traffic_managers) == {8002}
+    assert set(s0.autopilot.values()) == {8000} and set(s1.autopilot.values()) == {8002}
+    assert len(s0.autopilot) == 5 and len(s1.autopilot) == 5
+    for e in envs:
+        e.close()
+    assert s0.violations == [] and s1.violations == []
+
+
+def test_envs_without_a_rank_spread_over_the_servers(net):
+    servers = [net.add(port=p) for p in (2000, 2010, 2020)]
+    listed = ["127.0.0.1:2000", "127.0.0.1:2010", "127.0.0.1:2020"]
+    envs = [_backend(net, servers=listed) for _ in range(3)]  # e.g. 2 training envs and an eval env
+    assert [e.conn.address for e in envs] == listed
+    assert [e.conn.tm_port for e in envs] == [8000, 8010, 8020]
+    with pytest.raises(CarlaBackendError, match=r"Every server in servers=.* is already used"):
+        _backend(net, servers=listed)
+    envs[1].close()
+    fourth = _backend(net, servers=listed)
+    assert fourth.conn.address == "127.0.0.1:2010"  # the freed server is taken again
+    for e in (envs[0], envs[2], fourth):
+        e.reset(seed=0)
+        e.close()
+    assert all(s.violations == [] and len(s.alive()) == 1 for s in servers)
+
+
+def test_same_tm_port_twice_on_one_machine_is_refused_clearly(net):
+    net.add(port=2000)
+    net.add(host="10.0.0.2", port=2000)
+    first = _backend(net)
+    with pytest.raises(CarlaBackendError, match="Traffic Manager port 8000 is already used"):
+        _backend(net)  # same server, same TM port
+    with pytest.raises(CarlaBackendError, match="host:port:tm_port"):
+        _backend(net, host="10.0.0.2")  # another host with the same port: same default TM port
+    second = _backend(net, servers=["10.0.0.2:2000:8010"])
+    assert second.conn.tm_port == 8010
+    first.close()
+    second.close()
+    _backend(net).close()  # the port is free again after close
+
+
+def test_tm_bind_error_gives_a_clear_message(net, monkeypatch):
+    net.add(port=2000)
+    server = net.add(port=2004)
+    holder = _backend(net, port=2000, tm_port=8500)
+    monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(Path(holder.conn._claim.tm_path).parent / "other"))
+    with pytest.raises(CarlaBackendError, match="Could not start the Traffic Manager on port 8500"):
+        _backend(net, port=2004, tm_port=8500)  # a TM of another server listens there (another program)
+    assert server.settings.synchronous_mode is False  # restored after the failed connect
+    holder.close()
+
+
+# ---------------------------------------------------------------------------------------------- lost / hung server
+def test_tick_timeout_in_step_reconnects_and_restarts_the_episode(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    clients_before = len(net.clients)
+    server.fail("world.tick")
+    frame = backend.step(0.0, 0.5, 0.0)
+    assert frame.extra["episode_restarted"] is True and "time-out" in frame.extra["restart_cause"]
+    assert frame.sim_time_s == 0.0
+    assert len(net.clients) == clients_before + 1
+    assert len(_own(server, backend)) == 4 + 5
+    assert backend.step(0.0, 0.5, 0.0).extra.get("episode_restarted") is None
+    backend.close()
+    assert server.violations == []
+
+
+def test_restarted_server_is_set_up_again(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    server.restart()  # all actors gone, asynchronous mode, the old connection is dead
+    frame = backend.step(0.0, 0.5, 0.0)
+    assert frame.extra["episode_restarted"] is True
+    assert server.settings.synchronous_mode is True and 8000 in server.traffic_managers
+    assert len(_own(server, backend)) == 4 + 5
+    backend.close()
+    assert server.settings.synchronous_mode is False
+    assert server.violations == []
+
+
+def test_lost_server_gives_up_after_bounded_attempts_with_a_clear_error(net, tmp_path):
+    server = net.add()
+    backend = _backend(net, max_reconnects=3, reconnect_backoff_s=0.01)
+    backend.reset(seed=0)
+    server.down = True
+    t0 = time.monotonic()
+    with pytest.raises(CarlaConnectionError) as err:
+        backend.step(0.0, 0.5, 0.0)
+    assert time.monotonic() - t0 < 2.0
+    msg = str(err.value)
+    assert "127.0.0.1:2000" in msg and "3 reconnect attempt(s) failed" in msg
+    assert "CarlaUE4.sh" in msg and "carlasim/carla:0.9.16" in msg and "checkpoint" in msg
+    get_version = server.count("client.get_server_version")
+    assert get_version == 1 + 3
+    keep = tmp_path / "checkpoint.zip"
+    keep.write_bytes(b"saved")
+    t0 = time.monotonic()
+    backend.close()  # must not hang on the dead server
+    assert time.monotonic() - t0 < 1.0
+    assert keep.read_bytes() == b"saved"
+    server.down = False
+    _backend(net).close()  # the TM port was released
+
+
+def test_version_mismatch_is_refused(net):
+    net.add(version="0.9.15")
+    with pytest.raises(CarlaVersionError, match=r"0\.9\.15 but the client is 0\.9\.16"):
+        _backend(net)
+
+
+# ---------------------------------------------------------------------------------------------- unreachable server
+def test_unreachable_server_fails_within_the_connect_timeout_with_a_clear_message():
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(CarlaConnectionError) as err:
+        CarlaBackend({"port": port, "connect_timeout_s": 1.0})  # the real carla.Client
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3.0
+    msg = str(err.value)
+    assert f"127.0.0.1:{port}" in msg and "within 1 s" in msg
+    assert "docker run" in msg and "carlasim/carla:0.9.16" in msg and f"-carla-rpc-port={port}" in msg
+    assert err.value.port == port
+
+
+def test_gym_make_with_no_server_fails_the_same_way():
+    gym = pytest.importorskip("gymnasium")
+    from sb3_av.envs import register_envs
+
+    register_envs()
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(CarlaConnectionError, match=f"127.0.0.1:{port}"):
+        gym.make("CarlaScenario0-v0", port=port, connect_timeout_s=1.0)
+    assert time.monotonic() - t0 < 3.0
+
+
+# ---------------------------------------------------------------------------------------------- config and env
+def test_config_validation_and_servers():
+    assert CarlaConfig().traffic_manager_port == 8000 and CarlaConfig().rank is None
+    with pytest.raises(ValueError, match="rank must be None or an integer >= 0"):
+        CarlaConfig(rank=-1)
+    assert CarlaConfig(port=2010).traffic_manager_port == 8010
+    cfg = CarlaConfig(servers=["a:2000", "b:2010"], rank=3)
+    assert cfg.server == ("b", 2010) and cfg.traffic_manager_port == 8010
+    assert parse_server("h:2000:8123") == ("h", 2000, 8123)
+    assert server_for_rank(["x:1", "y:2"], 4) == ("x", 1, None)
+    for bad in ("2000", "h:", "h:abc", "h:70000", ":2000"):
+        with pytest.raises(ValueError, match=r"host:port|1\.\.65535"):
+            parse_server(bad)
+    with pytest.raises(ValueError, match=r"valid keys: .*connect_timeout_s"):
+        CarlaConfig.from_dict({"hots": "x"})
+    with pytest.raises(ValueError, match="timeout_s must be a finite number > 0"):
+        CarlaConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="servers must be a non-empty list"):
+        CarlaConfig(servers="127.0.0.1:2000")
+    with pytest.raises(ValueError, match="junction_choices"):
+        CarlaConfig(junction_choices=("up",))
+    with pytest.raises(ValueError, match=r"dt must be <= 0\.1"):
+        CarlaConfig(dt=0.5)
+    assert CarlaConfig(seed=np.int64(3)).seed == 3
+
+
+def test_make_carla_env_end_to_end_on_the_standin(net):
+    from gymnasium.utils.env_checker import check_env
+
+    server = net.add()
+    env = make_carla_env(
+        "CarlaScenario0",
+        client_factory=net.client_factory,
+        carla_module=cs.standin_carla,
+        npc_vehicles=3,
+        max_steps=20,
+        reconnect_backoff_s=0.0,
+    )
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (4, 84, 84) and obs["image"].dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    obs, reward, _, _, info = env.step(np.array([0.0, 1.0], np.float32))
+    assert env.observation_space.contains(obs) and np.isfinite(reward)
+    assert info["backend"]["server"] == "127.0.0.1:2000"
+    assert sum(info["reward_terms"].values()) == pytest.approx(reward)
+    check_env(env, skip_render_check=True)
+    env.close()
+    assert {a.id for a in server.alive()} == {server.spectator.id}
+    assert server.violations == []
+    with pytest.raises(ValueError, match="valid keys"):
+        make_carla_env("CarlaScenario0", client_factory=net.client_factory, carla_module=cs.standin_carla, hots="x")

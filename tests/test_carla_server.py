@@ -1,0 +1,106 @@
+"""The CARLA env against a real CARLA 0.9.16 server; skipped unless ``CARLA_HOST`` is set.
+
+Run with a server up (see the README's CARLA section)::
+
+    CARLA_HOST=127.0.0.1 CARLA_PORT=2000 pytest tests/test_carla_server.py -v
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.carla_server,
+    pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="needs a CARLA server: set CARLA_HOST (and CARLA_PORT)"),
+]
+
+HOST = os.environ.get("CARLA_HOST", "127.0.0.1")
+PORT = int(os.environ.get("CARLA_PORT", "2000"))
+
+
+@pytest.fixture
+def client():
+    carla = pytest.importorskip("carla")
+    c = carla.Client(HOST, PORT)
+    c.set_timeout(20.0)
+    return c
+
+
+def _actor_ids(client) -> set[int]:
+    return {a.id for a in client.get_world().get_actors()}
+
+
+def _steer_to_route(obs: dict) -> float:
+    """Steer toward the second look-ahead point (vector entries 7, 8 = route_x2, route_y2 in the ego frame)."""
+    x, y = float(obs["vector"][7]), float(obs["vector"][8])
+    return float(np.clip(2.0 * math.atan2(y, max(x, 1e-3)), -1.0, 1.0))
+
+
+def test_three_episodes_leave_the_world_as_they_found_it(client):
+    from sb3_av.envs.carla import make_carla_env
+
+    original = client.get_world().get_settings()
+    env = make_carla_env("CarlaScenario0", host=HOST, port=PORT, max_steps=150, npc_vehicles=20)
+    try:
+        # the env connected (and loaded Town01 if needed): count the actors it did not make
+        before_ids = _actor_ids(client)
+        settings_in_use = client.get_world().get_settings()
+        assert settings_in_use.synchronous_mode is True
+        assert settings_in_use.fixed_delta_seconds == pytest.approx(0.05)
+        for episode in range(3):
+            obs, info = env.reset(seed=episode)
+            assert env.observation_space.contains(obs)
+            image = obs["image"]
+            assert image.shape == (4, 84, 84) and image.std() > 1.0  # a rendered scene, not a blank frame
+            spawned = _actor_ids(client) - before_ids
+            assert len(spawned) >= 1 + 3 + 10  # ego, camera, collision, lane invasion, most of the 20 NPCs
+            prev_time = info["sim_time_s"]
+            for _ in range(150):
+                action = np.array([_steer_to_route(obs), 0.5], dtype=np.float32)
+                obs, reward, terminated, truncated, info = env.step(action)
+                assert env.observation_space.contains(obs)
+                assert np.isfinite(reward) and np.all(np.isfinite(obs["vector"]))
+                assert sum(info["reward_terms"].values()) == pytest.approx(reward)
+                assert info["sim_time_s"] == pytest.approx(prev_time + 0.05, abs=1e-6)
+                prev_time = info["sim_time_s"]
+                if terminated or truncated:
+                    break
+            assert info["distance_m"] > 1.0  # it drove
+        route = env.backend.route
+        assert 200.0 < float(np.hypot(*np.diff(route.points, axis=0).T).sum()) < 300.0
+    finally:
+        env.close()
+    after_ids = _actor_ids(client)
+    assert after_ids == before_ids
+    restored = client.get_world().get_settings()
+    assert restored.synchronous_mode == original.synchronous_mode
+    assert restored.fixed_delta_seconds == original.fixed_delta_seconds
+
+
+def test_server_version_matches_the_client(client):
+    assert client.get_server_version().split("-")[0] == client.get_client_version().split("-")[0] == "0.9.16"
+
+
+def test_two_envs_on_one_server_use_separate_traffic_managers(client):
+    from sb3_av.envs.carla import make_carla_env
+
+    a = make_carla_env("CarlaScenario0", host=HOST, port=PORT, npc_vehicles=5, max_steps=20)
+    b = make_carla_env(
+        "CarlaScenario0", host=HOST, port=PORT, tm_port=PORT + 6001, npc_vehicles=5, max_steps=20, route_start_index=10
+    )
+    try:
+        assert a.backend.conn.tm_port == PORT + 6000 and b.backend.conn.tm_port == PORT + 6001
+        a.reset(seed=0)
+        b.reset(seed=0)
+        for _ in range(10):
+            a.step(np.array([0.0, 0.3], np.float32))
+        a.close()  # destroys only a's actors; b keeps running
+        obs, *_ = b.step(np.array([0.0, 0.3], np.float32))
+        assert b.observation_space.contains(obs)
+    finally:
+        a.close()
+        b.close()
