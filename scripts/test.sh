@@ -6,8 +6,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 if [ -z "${SB3AV_TEST_POSTGRES_URL:-}" ]; then
-    # prints the database URL on its last line
-    SB3AV_TEST_POSTGRES_URL="$(bash scripts/start_postgres.sh | tail -n 1)"
+    SB3AV_TEST_POSTGRES_URL="$(bash scripts/start_postgres.sh --url)"
     export SB3AV_TEST_POSTGRES_URL
 fi
 .venv/bin/ruff check sb3_av tests benchmarks train.py enjoy.py

@@ -271,3 +271,38 @@ def test_extractor_rejects_spaces_without_image_and_vector() -> None:
     assert extractor.features_dim == 16 + 3
     out = extractor({"image": th.rand(2, 4, 36, 36), "vector": th.zeros(2, 3)})
     assert out.shape == (2, 19) and math.isfinite(float(out.sum()))
+
+
+def test_random_shift_is_a_bounded_integer_shift() -> None:
+    from sb3_av.augmentation import random_shift
+
+    images = th.arange(2 * 3 * 10 * 10, dtype=th.int64).reshape(2, 3, 10, 10).to(th.uint8)
+    generator = th.Generator().manual_seed(0)
+    shifted = random_shift(images, pad=2, generator=generator)
+    assert shifted.dtype == th.uint8 and shifted.shape == images.shape
+    padded = th.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="replicate").to(th.uint8)
+    for b in range(2):  # each sample is one crop of its padded image, the same for all its channels
+        matches = [
+            (dy, dx) for dy in range(5) for dx in range(5) if th.equal(shifted[b], padded[b, :, dy : dy + 10, dx : dx + 10])
+        ]
+        assert len(matches) == 1
+    assert th.equal(random_shift(images, pad=0), images)
+    with pytest.raises(ValueError, match="pad must be >= 0"):
+        random_shift(images, pad=-1)
+
+
+def test_augmentation_option_trains_and_is_validated() -> None:
+    with pytest.raises(ValueError, match="Unknown image_augmentation"):
+        ClippedTD3("MultiInputPolicy", ImageVectorEnv(), image_augmentation="mixup", **_tiny())
+    model = ClippedTD3(
+        "MultiInputPolicy",
+        ImageVectorEnv(),
+        image_augmentation="random_shift",
+        **_tiny(policy_kwargs={"share_features_extractor": True}),
+    )
+    model.learn(60)
+    sample = model.replay_buffer.sample(8)
+    augmented = model._augment(sample)
+    assert th.equal(augmented.observations["vector"], sample.observations["vector"])
+    assert not th.equal(augmented.observations["image"], sample.observations["image"])
+    assert model.grad_norms.pop_dump()["critic"].steps == 20

@@ -9,12 +9,13 @@ import torch as th
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3 import TD3
 from torch.nn import functional as F
 
+from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.clipping import GradClipMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
 from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
@@ -33,7 +34,10 @@ class ClippedTD3(GradClipMixin, TD3):
     :param max_grad_norms: group name -> max global L2 norm of that group's gradient, or None to only measure
         it. Groups: ``actor_cnn``, ``actor_mlp``, ``critic_cnn``, ``critic_mlp`` (see
         :mod:`sb3_av.td3.policies` for which modules each names). An unknown name is a ``ValueError``. With
-        every value None, training is numerically identical to SB3's TD3.
+        every value None (and no augmentation), training is numerically identical to SB3's TD3.
+    :param image_augmentation: augmentation of the sampled image observations (and next observations) before
+        each gradient step: None, or ``"random_shift"`` (DrQ's random shift by up to ``augmentation_pad`` pixels).
+    :param augmentation_pad: the shift, in pixels, of ``"random_shift"``.
 
     After each backward pass ``train()`` measures every group of the network in one fused pass, clips the
     groups that have a max_norm, and skips the optimizer step (weights untouched) when a gradient is NaN/Inf.
@@ -69,6 +73,8 @@ class ClippedTD3(GradClipMixin, TD3):
         target_policy_noise: float = 0.2,
         target_noise_clip: float = 0.5,
         max_grad_norms: dict[str, float | None] | None = None,
+        image_augmentation: str | None = None,
+        augmentation_pad: int = 4,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -78,6 +84,14 @@ class ClippedTD3(GradClipMixin, TD3):
         _init_setup_model: bool = True,
     ) -> None:
         self.max_grad_norms = validate_max_grad_norms(max_grad_norms)
+        if image_augmentation is not None and image_augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"Unknown image_augmentation {image_augmentation!r}; choose None or one of {sorted(AUGMENTATIONS)}"
+            )
+        if augmentation_pad < 0:
+            raise ValueError(f"augmentation_pad must be >= 0, got {augmentation_pad}")
+        self.image_augmentation = image_augmentation
+        self.augmentation_pad = augmentation_pad
         super().__init__(
             policy,
             env,
@@ -130,6 +144,8 @@ class ClippedTD3(GradClipMixin, TD3):
             self._n_updates += 1
             # Sample replay buffer
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            if self.image_augmentation is not None:
+                replay_data = self._augment(replay_data)
             # Delayed policy updates
             update_actor = self._n_updates % self.policy_delay == 0
             critic_loss, critic_step, actor_loss, actor_step = gradient_step(replay_data, update_actor)
@@ -228,6 +244,26 @@ class ClippedTD3(GradClipMixin, TD3):
         actor_step = self._actor_clipper.step(self.actor.optimizer)
         return critic_loss.detach(), critic_step, actor_loss.detach(), actor_step
 
+    def _augment(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
+        """Augment every image entry of the observations and next observations (independent draws)."""
+        augment = AUGMENTATIONS[self.image_augmentation]  # type: ignore[index]
+
+        def apply(observations: Any) -> Any:
+            if isinstance(observations, dict):
+                return {
+                    key: augment(value, self.augmentation_pad) if self._is_image_key(key) else value
+                    for key, value in observations.items()
+                }
+            return augment(observations, self.augmentation_pad) if self._is_image_key(None) else observations
+
+        return replay_data._replace(
+            observations=apply(replay_data.observations), next_observations=apply(replay_data.next_observations)
+        )
+
+    def _is_image_key(self, key: str | None) -> bool:
+        space = self.observation_space[key] if key is not None else self.observation_space  # type: ignore[index]
+        return is_image_space(space, check_channels=False) and len(space.shape or ()) == 3
+
     def _target_update_parameters(self) -> tuple[list[th.nn.Parameter], list[th.nn.Parameter]]:
         """Online and target parameters of the soft update (the critic's, then the actor's), as SB3 orders them."""
         if isinstance(self.policy, TD3Policy):
@@ -251,7 +287,7 @@ class ClippedDDPG(ClippedTD3):
 
     SB3's DDPG is TD3 without its tricks (one critic, no policy delay, no target smoothing); this is
     :class:`ClippedTD3` configured the same way. Parameters as :class:`stable_baselines3.DDPG` plus
-    ``max_grad_norms`` (see :class:`ClippedTD3`).
+    ``max_grad_norms``, ``image_augmentation`` and ``augmentation_pad`` (see :class:`ClippedTD3`).
     """
 
     def __init__(
@@ -272,6 +308,8 @@ class ClippedDDPG(ClippedTD3):
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
         max_grad_norms: dict[str, float | None] | None = None,
+        image_augmentation: str | None = None,
+        augmentation_pad: int = 4,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
@@ -296,6 +334,8 @@ class ClippedDDPG(ClippedTD3):
             optimize_memory_usage=optimize_memory_usage,
             n_steps=n_steps,
             max_grad_norms=max_grad_norms,
+            image_augmentation=image_augmentation,
+            augmentation_pad=augmentation_pad,
             policy_kwargs=policy_kwargs,
             tensorboard_log=tensorboard_log,
             verbose=verbose,
