@@ -15,63 +15,14 @@ import platform
 import statistics
 import time
 
-import gymnasium as gym
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3 import TD3
-from stable_baselines3.common.buffers import DictReplayBuffer
-from stable_baselines3.common.logger import configure
+
+from _common import driving_space, filled_buffer, model_on_buffer
 
 from sb3_av.callbacks import GradientMonitorCallback
 from sb3_av.td3 import ClippedTD3, MultiInputPolicy
-
-
-def _make_space(stack: int, size: int, vector: int) -> spaces.Dict:
-    return spaces.Dict(
-        {
-            "image": spaces.Box(0, 255, (stack, size, size), np.uint8),
-            "vector": spaces.Box(-np.inf, np.inf, (vector,), np.float32),
-        }
-    )
-
-
-def _filled_buffer(space: spaces.Dict, action_space: spaces.Box, n: int, seed: int) -> DictReplayBuffer:
-    rng = np.random.default_rng(seed)
-    buffer = DictReplayBuffer(n, space, action_space, device="cpu", n_envs=1)
-    for _ in range(n):
-        obs = {
-            key: rng.integers(0, 256, (1, *s.shape), dtype=np.uint8)
-            if key == "image"
-            else rng.standard_normal((1, *s.shape)).astype(np.float32)
-            for key, s in space.spaces.items()
-        }
-        next_obs = {key: value.copy() for key, value in obs.items()}
-        action = rng.uniform(-1, 1, (1, 2)).astype(np.float32)
-        buffer.add(obs, next_obs, action, rng.standard_normal(1).astype(np.float32), np.array([False]), [{}])
-    return buffer
-
-
-class _SpacesEnv(gym.Env):
-    """Only the spaces SB3 needs to build a model: the benchmark times ``train()`` on a filled buffer."""
-
-    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box) -> None:
-        self.observation_space = observation_space
-        self.action_space = action_space
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        return self.observation_space.sample(), {}
-
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        return self.observation_space.sample(), 0.0, False, False, {}
-
-
-def _model(cls: type, space: spaces.Dict, action_space: spaces.Box, buffer: DictReplayBuffer, **kwargs) -> TD3:
-    env = _SpacesEnv(space, action_space)
-    model = cls(MultiInputPolicy, env, buffer_size=1, learning_starts=0, seed=0, device="cpu", **kwargs)
-    model.replay_buffer = buffer
-    model.set_logger(configure(None, []))
-    return model
 
 
 def main() -> None:
@@ -83,11 +34,9 @@ def main() -> None:
     parser.add_argument("--buffer", type=int, default=2000, help="transitions in the shared replay buffer")
     args = parser.parse_args()
 
-    space = _make_space(4, 84, 20)
-    action_space = spaces.Box(-1, 1, (2,), np.float32)
-    buffer = _filled_buffer(space, action_space, args.buffer, seed=0)
-    baseline = _model(TD3, space, action_space, buffer)
-    clipped = _model(ClippedTD3, space, action_space, buffer, max_grad_norms={"actor_cnn": 1.0, "critic_cnn": 10.0})
+    buffer = filled_buffer(driving_space(), args.buffer)
+    baseline = model_on_buffer(TD3, MultiInputPolicy, buffer)
+    clipped = model_on_buffer(ClippedTD3, MultiInputPolicy, buffer, max_grad_norms={"actor_cnn": 1.0, "critic_cnn": 10.0})
     monitor = GradientMonitorCallback(dump_freq=10)
     monitor.init_callback(clipped)
 

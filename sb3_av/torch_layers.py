@@ -10,6 +10,8 @@ from torch import nn
 
 __all__ = ["MultiInputExtractor"]
 
+_CNN_DTYPES = {"float32": th.float32, "bfloat16": th.bfloat16}
+
 
 class MultiInputExtractor(BaseFeaturesExtractor):
     """A NatureCNN over the image key and an MLP over the vector key, concatenated.
@@ -26,6 +28,11 @@ class MultiInputExtractor(BaseFeaturesExtractor):
     :param vector_output_dim: units of the vector MLP (0: pass the vector through unchanged).
     :param image_key: name of the image entry.
     :param vector_key: name of the vector entry.
+    :param cnn_dtype: compute dtype of the CNN: ``"float32"``, or ``"bfloat16"`` to run the convolutions under
+        :func:`torch.autocast` (weights, gradients and the features stay float32; about 2x faster on CPUs with
+        AVX-512 BF16 or AMX and on recent GPUs).
+    :param channels_last: keep the CNN's weights and input in channels-last memory format (faster convolutions
+        with oneDNN and cuDNN; numerically the same).
     """
 
     def __init__(
@@ -35,12 +42,18 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         vector_output_dim: int = 64,
         image_key: str = "image",
         vector_key: str = "vector",
+        cnn_dtype: str = "float32",
+        channels_last: bool = False,
     ) -> None:
+        if cnn_dtype not in _CNN_DTYPES:
+            raise ValueError(f"cnn_dtype must be one of {sorted(_CNN_DTYPES)}, got {cnn_dtype!r}")
         image_shape, vector_size = _check_space(observation_space, image_key, vector_key)
         features_dim = cnn_output_dim + (vector_output_dim if vector_output_dim > 0 else vector_size)
         super().__init__(observation_space, features_dim)
         self.image_key = image_key
         self.vector_key = vector_key
+        self.cnn_dtype = _CNN_DTYPES[cnn_dtype]
+        self.channels_last = channels_last
 
         n_channels = image_shape[0]
         self.cnn = nn.Sequential(
@@ -58,6 +71,8 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         self.vector_head: nn.Module = (
             nn.Sequential(nn.Linear(vector_size, vector_output_dim), nn.ReLU()) if vector_output_dim > 0 else nn.Identity()
         )
+        if channels_last:
+            self.cnn.to(memory_format=th.channels_last)  # type: ignore[call-overload]
 
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
         """Features of a batch.
@@ -65,7 +80,14 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         :param observations: ``image``: ``(B, C, H, W)`` float in [0, 1]; ``vector``: ``(B, n)``.
         :return: ``(B, features_dim)``.
         """
-        image_features = self.image_head(self.cnn(observations[self.image_key]))
+        images = observations[self.image_key]
+        if self.channels_last:
+            images = images.contiguous(memory_format=th.channels_last)
+        if self.cnn_dtype is th.float32:
+            image_features = self.image_head(self.cnn(images))
+        else:
+            with th.autocast(device_type=images.device.type, dtype=self.cnn_dtype):
+                image_features = self.image_head(self.cnn(images)).float()
         vector_features = self.vector_head(observations[self.vector_key])
         return th.cat([image_features, vector_features], dim=1)
 

@@ -306,3 +306,20 @@ def test_augmentation_option_trains_and_is_validated() -> None:
     assert th.equal(augmented.observations["vector"], sample.observations["vector"])
     assert not th.equal(augmented.observations["image"], sample.observations["image"])
     assert model.grad_norms.pop_dump()["critic"].steps == 20
+
+
+def test_extractor_bfloat16_and_channels_last_match_float32() -> None:
+    space = ImageVectorEnv().observation_space
+    th.manual_seed(0)
+    reference = MultiInputExtractor(space, cnn_output_dim=16, vector_output_dim=8)
+    fast = MultiInputExtractor(space, cnn_output_dim=16, vector_output_dim=8, cnn_dtype="bfloat16", channels_last=True)
+    fast.load_state_dict(reference.state_dict())
+    assert fast.cnn[0].weight.is_contiguous(memory_format=th.channels_last)
+    batch = {"image": th.rand(8, 4, 36, 36), "vector": th.randn(8, 3)}
+    expected, got = reference(batch), fast(batch)
+    assert got.dtype == th.float32
+    th.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2)
+    got.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == th.float32 for p in fast.parameters())
+    with pytest.raises(ValueError, match="cnn_dtype"):
+        MultiInputExtractor(space, cnn_dtype="float16")
