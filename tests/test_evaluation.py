@@ -1,0 +1,144 @@
+"""evaluate() metrics (checked against scripted episodes) and the ``sb3-av evaluate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sb3_av.baselines import PIDPurePursuit
+from sb3_av.envs import register_envs
+from sb3_av.envs.core import DrivingEnv, make_driving_env
+from sb3_av.evaluation import (
+    add_evaluate_arguments,
+    evaluate,
+    format_metrics_table,
+    parse_env_kwargs,
+    run_evaluate_command,
+)
+from tests.test_env_core import ScriptedBackend
+
+register_envs()
+
+
+class _Throttle:
+    """A 'model' with SB3's predict(): constant steer 0, throttle from a schedule."""
+
+    def __init__(self, schedule: list[float]) -> None:
+        self.schedule = schedule
+        self.t = 0
+
+    def predict(self, obs: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        action = np.array([0.0, self.schedule[self.t % len(self.schedule)]], dtype=np.float32)
+        self.t += 1
+        return action, None
+
+
+def _scripted(**kwargs: Any) -> DrivingEnv:
+    keys = {"collide_at_step": None, "off_lane_at_step": None, "start_speed": 0.0}
+    return make_driving_env("LiteScenario0", ScriptedBackend, keys, **kwargs)
+
+
+def test_metrics_of_scripted_episodes() -> None:
+    metrics = evaluate(_Throttle([0.5]), _scripted(max_steps=40), n_episodes=2, seed=0)
+    # Constant acceleration 2 m/s^2 for 2 s (40 steps): 4 m/s at the end, 4 m driven, no jerk, truncated.
+    assert metrics["episode_length_steps"] == 40 and metrics["episode_length_s"] == pytest.approx(2.0)
+    assert metrics["distance_km"] == pytest.approx(2 * 0.5 * 2.0 * 2.0**2 / 1000, rel=0.03)
+    assert metrics["mean_speed_ms"] == pytest.approx(metrics["distance_km"] * 1000 / 4.0)
+    assert metrics["mean_abs_jerk_ms3"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["terminations"] == {"time_limit": 2} and metrics["success_rate"] == 0.0
+    assert metrics["collisions"] == 0 and metrics["collisions_per_km"] == 0.0
+    assert metrics["mean_abs_lateral_offset_m"] == pytest.approx(0.0, abs=1e-9)
+    assert [e["seed"] for e in metrics["episodes"]] == [0, 1]
+
+    # Throttle 1, 0, 1, 0: acceleration 4, 0, 4, 0 m/s^2, so |jerk| = 4 / 0.05 = 80 m/s^3 at every step.
+    metrics = evaluate(_Throttle([1.0, 0.0]), _scripted(max_steps=20), n_episodes=1)
+    assert metrics["mean_abs_jerk_ms3"] == pytest.approx(80.0)
+
+
+def test_collisions_per_km_and_off_road_rate() -> None:
+    metrics = evaluate(_Throttle([1.0]), _scripted(collide_at_step=30), n_episodes=3, seed=1)
+    assert metrics["collisions"] == 3 and metrics["terminations"] == {"collision": 3}
+    assert metrics["collisions_per_km"] == pytest.approx(3 / metrics["distance_km"])
+    assert metrics["episode_length_steps"] == 30
+    metrics = evaluate(_Throttle([1.0]), _scripted(off_lane_at_step=10), n_episodes=2)
+    assert metrics["off_road_rate"] == 1.0 and metrics["collisions"] == 0
+    with pytest.raises(ValueError, match="n_episodes"):
+        evaluate(_Throttle([1.0]), _scripted(), n_episodes=0)
+
+
+def test_baseline_on_a_short_lite_route() -> None:
+    import gymnasium as gym
+
+    env = gym.make("LiteScenario0-v0", npc_vehicles=0, route_length_m=60.0)
+    metrics = evaluate(PIDPurePursuit.from_env(env), env, n_episodes=2, seed=0)
+    assert metrics["success_rate"] == 1.0 and metrics["route_completion"] == 1.0
+    assert metrics["collisions_per_km"] == 0.0 and metrics["off_road_rate"] == 0.0
+    assert 4.0 < metrics["mean_speed_ms"] < 8.5
+    assert metrics["mean_abs_lateral_offset_m"] < 0.3
+    table = format_metrics_table([("LiteScenario0-v0", metrics)])
+    assert table.splitlines()[2].startswith("| LiteScenario0-v0 | 2 | 1.00 | 1.000 | 0.00 | 0.00 |")
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    return run_evaluate_command(parser.parse_args(argv))
+
+
+def test_cli_baseline_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.json"
+    argv = ["--baseline", "--env", "LiteScenario0-v0", "-n", "1", "--env-kwargs", "route_length_m:40", "npc_vehicles:0"]
+    assert _run([*argv, "--json", str(out)]) == 0
+    assert "| LiteScenario0-v0 | 1 | 1.00 |" in capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    assert payload["baseline"] == "pid_pure_pursuit" and payload["env_kwargs"] == {"route_length_m": 40, "npc_vehicles": 0}
+    assert payload["results"][0]["env_id"] == "LiteScenario0-v0" and payload["results"][0]["success_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baseline", "--env", "NoSuchEnv-v0"], "unknown env id"),
+        (["--model", "missing.zip", "--env", "LiteScenario0-v0"], "not found"),
+        (["--baseline", "--env", "LiteScenario0-v0", "--env-kwargs", "npc_vehicle:3"], "valid keys"),
+        (["--baseline", "--env", "LiteScenario0-v0", "--env-kwargs", "novalue"], "key:value"),
+        (["--baseline", "--env", "LiteScenario0-v0", "-n", "0"], "-n must be"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_rejects_unknown_algo() -> None:
+    with pytest.raises(SystemExit) as exc:
+        _run(["--model", "m.zip", "--algo", "ppo", "--env", "LiteScenario0-v0"])
+    assert exc.value.code == 2
+
+
+def test_parse_env_kwargs_yaml_values() -> None:
+    assert parse_env_kwargs(["a:1", "b:[5, 9]", "c:x", "d:null"]) == {"a": 1, "b": [5, 9], "c": "x", "d": None}
+
+
+@pytest.mark.slow
+def test_cli_saved_model_and_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import gymnasium as gym
+    from stable_baselines3 import TD3
+
+    env = gym.make("LiteScenario0-v0", npc_vehicles=0)
+    model = TD3("MultiInputPolicy", env, buffer_size=10, learning_starts=10, policy_kwargs={"net_arch": [8]}, device="cpu")
+    model.save(tmp_path / "best_model.zip")
+    common = ["--env", "LiteScenario0-v0", "-n", "1", "--device", "cpu", "--env-kwargs", "npc_vehicles:0", "max_steps:5"]
+    assert _run(["--model", str(tmp_path / "best_model.zip"), *common]) == 0
+    assert _run(["--model", str(tmp_path), *common]) == 0  # a run folder: its best_model.zip
+    assert capsys.readouterr().out.count("| LiteScenario0-v0 | 1 |") == 2
+    assert _run(["--model", str(tmp_path), *common, "frame_stack:2"]) == 2
+    assert "observation space" in capsys.readouterr().err
+    (tmp_path / "junk.zip").write_text("not a zip")
+    assert _run(["--model", str(tmp_path / "junk.zip"), *common]) == 2

@@ -1,0 +1,199 @@
+"""The embedded (Lite) backend: every registered Lite id passes gymnasium's and SB3's env checkers; camera,
+reward terms, episode rules and kwarg validation on the real simulator."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from sb3_av.envs import ENTRY_POINTS, register_envs
+from sb3_av.envs.core import DrivingEnv
+
+register_envs()
+LITE_IDS = sorted(env_id for env_id, spec in gym.registry.items() if spec.entry_point == ENTRY_POINTS["lite"])
+
+
+def _make(env_id: str = "LiteScenario0-v0", **kwargs) -> DrivingEnv:
+    env = gym.make(env_id, **kwargs).unwrapped
+    assert isinstance(env, DrivingEnv)
+    return env
+
+
+def test_registry_has_the_three_lite_scenarios() -> None:
+    assert LITE_IDS == ["LiteScenario0-v0", "LiteScenario1-v0", "LiteScenario2-v0"]
+
+
+@pytest.mark.parametrize("env_id", LITE_IDS)
+def test_check_env(env_id: str) -> None:
+    env = gym.make(env_id)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SB3's checker warns about anything it dislikes
+        sb3_check_env(env.unwrapped, warn=True)
+    obs, _ = env.reset(seed=0)
+    n_npc = {"LiteScenario0-v0": 20, "LiteScenario1-v0": 50, "LiteScenario2-v0": 100}[env_id]
+    assert len(env.unwrapped.backend.npcs) == n_npc
+    assert obs["image"].shape == (4, 84, 84)
+    env.close()
+
+
+def test_module_prefix_make_registers_on_import() -> None:
+    """``gym.make("sb3_av:LiteScenario0-v0")`` in a fresh interpreter (needs ``sb3_av`` to register on import)."""
+    code = "import gymnasium as gym; env = gym.make('sb3_av:LiteScenario0-v0'); env.reset(seed=0); env.close()"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_image_is_not_blank_and_moves_with_the_car() -> None:
+    env = _make(npc_vehicles=0)
+    obs, _ = env.reset(seed=0)
+    first = obs["image"][-1].copy()
+    assert len(np.unique(first)) >= 3 and first.std() > 20  # road, lane lines, off-road, ego
+    for _ in range(10):  # braking at rest: nothing moves
+        obs, *_ = env.step(np.array([0.0, -1.0]))
+    np.testing.assert_array_equal(obs["image"][-1], first)
+    for _ in range(20):
+        obs, *_ = env.step(np.array([0.0, 1.0]))
+    moved = obs["image"][-1]
+    assert np.mean(moved != first) > 0.01  # the dashed lane lines slide by
+    assert not np.array_equal(obs["image"][-1], obs["image"][0])  # the stack spans 3 steps of motion
+
+
+def test_camera_is_heading_up_with_left_on_the_left() -> None:
+    env = _make(npc_vehicles=1)
+    env.reset(seed=0)
+    backend = env.backend
+    ego, npc = backend.ego, backend.npcs[0]
+    c, s = math.cos(ego.heading), math.sin(ego.heading)
+    npc.position = ego.position + 10.0 * np.array([c, s]) + 4.0 * np.array([-s, c])  # 10 m ahead, 4 m left
+    npc.heading = ego.heading
+    frame = backend._frame(collision=False)
+    rows, cols = np.nonzero(frame.image == 255)
+    assert len(rows) > 10
+    assert cols.mean() < 42 - 4 and rows.mean() < 63 - 10  # left of and above the ego (row 63, col 42)
+
+
+def test_reward_terms_sum_to_reward_on_lite() -> None:
+    env = _make("LiteScenario1-v0")
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        action = np.array([rng.uniform(-0.1, 0.1), rng.uniform(-0.2, 1.0)])
+        _, reward, terminated, truncated, info = env.step(action)
+        assert reward == pytest.approx(sum(info["reward_terms"].values()), abs=1e-9)
+        if terminated or truncated:
+            env.reset()
+
+
+def test_time_limit_truncates() -> None:
+    env = _make(max_steps=30)
+    env.reset(seed=0)
+    for t in range(1, 31):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 0.3]))
+        assert not terminated and truncated == (t == 30)
+    assert info["termination"] == "time_limit" and info["sim_time_s"] == pytest.approx(1.5)
+
+
+def test_scripted_collision_with_a_stopped_car() -> None:
+    env = _make(npc_vehicles=1)
+    env.reset(seed=0)
+    ego, npc = env.backend.ego, env.backend.npcs[0]
+    npc.position = ego.position + 20.0 * np.array([math.cos(ego.heading), math.sin(ego.heading)])
+    npc.heading, npc.speed, npc.target_speed = ego.heading, 0.0, 1e-3
+    npc.chain, npc.segment, npc.lane = env.backend.route_lane, 0, env.backend.road.lane(env.backend.route_lane, 0)
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 1.0]))
+        if terminated or truncated:
+            break
+    assert terminated and info["collision"] and info["termination"] == "collision"
+    assert info["reward_terms"]["collision"] == -50.0 and not info["is_success"]
+    assert 10.0 < info["distance_m"] < 20.0
+
+
+def test_scripted_off_road() -> None:
+    env = _make(npc_vehicles=0)
+    env.reset(seed=0)
+    for _ in range(300):
+        _, _, terminated, truncated, info = env.step(np.array([-0.3, 0.6]))  # veer right
+        if terminated or truncated:
+            break
+    assert terminated and info["off_road"] and info["termination"] == "off_road"
+    assert info["lateral_offset_m"] < -3.0 and not info["collision"]
+
+
+def test_stopping_is_stuck() -> None:
+    env = _make(npc_vehicles=0, stuck_time_s=1.5)
+    env.reset(seed=0)
+    steps = 0
+    while True:
+        steps += 1
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 0.0]))
+        if terminated or truncated:
+            break
+    assert info["termination"] == "stuck" and steps == 30
+
+
+def test_same_seed_same_episode() -> None:
+    a, b = _make("LiteScenario1-v0"), _make("LiteScenario1-v0")
+    oa, _ = a.reset(seed=11)
+    ob, _ = b.reset(seed=11)
+    for _ in range(20):
+        oa, *_ = a.step(np.array([0.0, 0.5]))
+        ob, *_ = b.step(np.array([0.0, 0.5]))
+    np.testing.assert_array_equal(oa["image"], ob["image"])
+    np.testing.assert_array_equal(oa["vector"], ob["vector"])
+    oc, _ = a.reset(seed=12)
+    assert not np.array_equal(oc["image"], _make("LiteScenario1-v0").reset(seed=11)[0]["image"])
+
+
+def test_non_finite_action_is_an_error() -> None:
+    env = _make()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="Non-finite"):
+        env.step(np.array([np.nan, 0.0]))
+
+
+def test_bad_env_kwargs_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="valid keys") as err:
+        gym.make("LiteScenario0-v0", npc_vehicle=5)
+    for key in ("npc_vehicles", "max_steps", "camera_size", "pixels_per_m", "route_lane", "reward_goal"):
+        assert key in str(err.value)
+    with pytest.raises(ValueError, match="route_lane"):
+        gym.make("LiteScenario0-v0", route_lane=7)
+    with pytest.raises(ValueError, match="npc_speed_range_ms"):
+        gym.make("LiteScenario0-v0", npc_speed_range_ms=[9, 3])
+    with pytest.raises(ValueError, match="do not fit"):
+        gym.make("LiteScenario0-v0", npc_vehicles=400, n_lanes=1, route_lane=0).reset(seed=0)
+
+
+def test_env_kwargs_change_the_world() -> None:
+    env = _make(npc_vehicles=3, camera_size=64, frame_stack=2, route_length_m=100.0)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (2, 64, 64) and len(env.backend.npcs) == 3
+    assert env.route is not None and env.route.length_m == pytest.approx(100.0, abs=0.5)
+    assert info["backend"]["npc_vehicles"] == 3
+
+
+def test_render_rgb_array() -> None:
+    env = gym.make("LiteScenario0-v0", render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (84, 84, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame[:, :, 0], obs["image"][-1])
+
+
+def test_image_is_not_blank_under_the_dummy_video_driver() -> None:
+    """The camera draws on plain surfaces, so SDL's ``dummy`` driver (black display frames) does not matter."""
+    code = (
+        "import gymnasium as gym, sb3_av; env = gym.make('LiteScenario0-v0');"
+        "obs, _ = env.reset(seed=0); assert obs['image'].std() > 20, obs['image'].std()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
