@@ -16,18 +16,15 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import yaml
 
 from sb3_av.baselines import PIDPurePursuit
-
-if TYPE_CHECKING:
-    from stable_baselines3.common.base_class import BaseAlgorithm
+from sb3_av.zoo.algos import ALGO_NAMES, get_algorithm
 
 __all__ = [
     "ALGORITHMS",
@@ -41,32 +38,8 @@ __all__ = [
 ]
 
 
-def _td3() -> type[BaseAlgorithm]:
-    from stable_baselines3 import TD3
-
-    return TD3
-
-
-def _ddpg() -> type[BaseAlgorithm]:
-    from stable_baselines3 import DDPG
-
-    return DDPG
-
-
-def _sac() -> type[BaseAlgorithm]:
-    from stable_baselines3 import SAC
-
-    return SAC
-
-
-def _tqc() -> type[BaseAlgorithm]:
-    from sb3_contrib import TQC
-
-    return TQC
-
-
-#: ``--algo`` name -> a function returning the algorithm class (imported when used).
-ALGORITHMS: dict[str, Callable[[], type[BaseAlgorithm]]] = {"td3": _td3, "ddpg": _ddpg, "sac": _sac, "tqc": _tqc}
+#: ``--algo`` names of the models this command loads: sb3-av's clipped algorithms (:mod:`sb3_av.zoo.algos`).
+ALGORITHMS: tuple[str, ...] = ALGO_NAMES
 
 #: (key, column title, format) of the metrics table, in order.
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -231,7 +204,7 @@ def load_model(path: str | Path, algo: str, device: str = "auto") -> Any:
         path = resolve_model_path(path, prefer="best")
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found (give a .zip saved by SB3 or a run folder)")
-    return ALGORITHMS[algo]().load(path, device=device)
+    return get_algorithm(algo).load(path, device=device)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
