@@ -1,5 +1,13 @@
 """Callbacks of sb3-av: gradient monitor, driving metrics, checkpoints that survive interrupts."""
 
+from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
+from sb3_av.callbacks.driving_metrics import DrivingEvalCallback, DrivingMetricsCallback, EpisodeMetrics
 from sb3_av.callbacks.grad_monitor import GradientMonitorCallback
 
-__all__ = ["GradientMonitorCallback"]
+__all__ = [
+    "DrivingEvalCallback",
+    "DrivingMetricsCallback",
+    "EpisodeMetrics",
+    "GradientMonitorCallback",
+    "InterruptibleCheckpointCallback",
+]

@@ -113,6 +113,11 @@ class GradientMonitorCallback(BaseCallback):
             return
         for network, summary in summaries.items():
             _record_summary(self.logger, network, summary)
+        self._dump()
+
+    def _dump(self) -> None:
+        # progress.csv rows need the step too: SB3 records it only in its own dumps
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(self.num_timesteps)
 
     def _check_alerts(self) -> None:

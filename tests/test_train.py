@@ -1,0 +1,383 @@
+"""The rl-zoo trainer: config checks, samplers, run folders, resume after an interrupt, enjoy.py.
+
+In-process tests cover the config parsing and the error paths; the ``slow`` ones run ``train.py`` /
+``enjoy.py`` as subprocesses on LiteScenario0 with tiny budgets (CI runs them too).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from sb3_av.zoo import ALGO_NAMES, SAMPLERS, get_algorithm
+from sb3_av.zoo.config import ConfigError, load_config_file, parse_override_value, validate_hyperparams
+from sb3_av.zoo.exp_manager import _replay_buffer_beside, normalize_storage_url
+from sb3_av.zoo.run_folder import read_run_info, resolve_model_path
+from sb3_av.zoo.samplers import convert_params
+from sb3_av.zoo.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+#: A tiny agent on a small, short LiteScenario0: a few seconds per run.
+TINY_ENV = ["--env-kwargs", "camera_size:36", "npc_vehicles:2", "max_steps:40"]
+TINY_PARAMS = [
+    "-params",
+    "learning_starts:100",
+    "buffer_size:1000",
+    "batch_size:8",
+    "train_freq:20",
+    "gradient_steps:2",
+    "policy_kwargs:dict(net_arch=[8], features_extractor_kwargs=dict(cnn_output_dim=8, vector_output_dim=8))",
+    "callback:[{GradientMonitorCallback: {dump_freq: 50}}]",
+]
+
+
+def _train(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "train.py"), "-f", "logs", "--verbose", "0", *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _steps(model_path: Path, algo: str) -> int:
+    return int(get_algorithm(algo).load(model_path, device="cpu").num_timesteps)
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_shipped_configs_are_valid_for_every_registered_env(algo: str) -> None:
+    import gymnasium as gym
+
+    from sb3_av.envs import register_envs, scenario_ids
+
+    register_envs()
+    content = load_config_file(CONFIGS / f"{algo}.yml")
+    assert set(scenario_ids()) <= set(content), "every registered env id has a block"
+    assert all(env_id in gym.registry for env_id in content if env_id != "default")
+    for block, values in content.items():
+        checked = validate_hyperparams(values, get_algorithm(algo), f"{algo}.yml [{block}]")
+        assert checked["policy"] == "MultiInputPolicy"
+        assert checked["max_grad_norms"]["actor_cnn"] == 1.0
+        assert checked["max_grad_norms"]["critic_cnn"] == 10.0
+        assert any("GradientMonitorCallback" in entry for entry in checked["callback"]), "gradient monitor on"
+
+
+def test_validate_normalises_and_names_the_key() -> None:
+    algo = get_algorithm("td3")
+    checked = validate_hyperparams(
+        {"policy": "MultiInputPolicy", "n_timesteps": 1e5, "train_freq": [1, "episode"], "learning_rate": "lin_1e-3"},
+        algo,
+        "x",
+    )
+    assert checked["n_timesteps"] == 100000 and isinstance(checked["n_timesteps"], int)
+    assert checked["train_freq"] == [1, "episode"]
+    cases = {
+        "lerning_rate": (0.1, "unknown key 'lerning_rate'"),
+        "gamma": (1.5, "key 'gamma': expected a number in (0, 1]"),
+        "batch_size": ("big", "key 'batch_size'"),
+        "max_grad_norms": ({"actor_cnn": -1.0}, "actor_cnn: expected a number > 0"),
+        "policy": ("CnnPolicyy", "key 'policy'"),
+        "policy_kwargs": ({"activation_fn": "nn.ReLU"}, "activation_fn"),
+        "noise_type": ("gaussian", "key 'noise_type'"),
+        "callback": (["os.system"], "unknown callback 'os.system'"),
+        "optimize_memory_usage": ("yes", "expected true or false"),
+    }
+    for key, (value, message) in cases.items():
+        with pytest.raises(ConfigError, match=None) as info:
+            validate_hyperparams({"policy": "MultiInputPolicy", "n_timesteps": 10, key: value}, algo, "cfg [env]")
+        assert message in str(info.value) and str(info.value).startswith("cfg [env]")
+    with pytest.raises(ConfigError, match="missing key 'n_timesteps'"):
+        validate_hyperparams({"policy": "MultiInputPolicy"}, algo, "cfg")
+
+
+def test_override_values_are_data_never_code() -> None:
+    assert parse_override_value("a", "1e-3") == 0.001
+    assert parse_override_value("a", "[64, 64]") == [64, 64]
+    assert parse_override_value("a", "dict(net_arch=[16], x=dict(y=True))") == {"net_arch": [16], "x": {"y": True}}
+    assert parse_override_value("a", "{net_arch: [16]}") == {"net_arch": [16]}
+    assert parse_override_value("a", "MultiInputPolicy") == "MultiInputPolicy"
+    assert parse_override_value("a", "[1, episode]") == [1, "episode"]
+    # Code is not run: it stays a string (and the key check then rejects it).
+    assert parse_override_value("a", "__import__('os').getcwd()") == "__import__('os').getcwd()"
+    with pytest.raises(ConfigError, match="space after"):
+        parse_override_value("policy_kwargs", "{features_extractor_kwargs: {cnn_output_dim:8}}")
+
+
+def test_broken_yaml_and_wrong_structure(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("default:\n  policy: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yml: line \d+, column \d+: invalid YAML"):
+        load_config_file(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping of env id"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="Python files"):
+        load_config_file(tmp_path / "hyperparams.py")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
+        (["--env", "LiteScenari0-v0"], "did you mean LiteScenario0-v0?"),
+        (["-params", "tau:2"], "-params: key 'tau'"),
+        (["-params", "foo:1"], "-params: unknown key 'foo'"),
+        (["-i", "missing.zip"], "-i missing.zip: not a model .zip file or a run folder"),
+        (["--track"], "--track is not supported"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "-f", str(tmp_path / "logs")]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("train.py: error:") and message in line
+    assert not (tmp_path / "logs" / "td3").exists() or not any((tmp_path / "logs" / "td3").glob("*/*.zip"))
+
+
+def test_config_file_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "td3.yml"
+    conf.write_text(yaml.safe_dump({"default": {"policy": "MultiInputPolicy", "n_timesteps": 10, "learning_rte": 0.1}}))
+    assert main(["-conf", str(conf), "-f", str(tmp_path / "logs")]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"{conf} [default]: unknown key 'learning_rte'" in line
+    assert main(["-params", "policy_kwargs:{features_dim:8}"]) == 2
+    assert "space after ':'" in _error_line(capsys.readouterr().err)
+    assert main(["--algo", "ppo"]) == 2
+    assert "invalid choice: 'ppo'" in _error_line(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_samplers_tune_the_clip_norms_and_give_valid_hyperparams(algo: str) -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    sampled = SAMPLERS[algo](trial)
+    norms = sampled["max_grad_norms"]
+    assert set(norms) == {"actor_cnn", "critic_cnn"} and all(0.1 <= v <= 100 for v in norms.values())
+    assert set(sampled["policy_kwargs"]) <= {"net_arch", "n_quantiles"}, "only tuned entries: the YAML's others are kept"
+    data = {k: v for k, v in sampled.items() if k not in ("noise_type", "noise_std")}
+    validate_hyperparams(data, get_algorithm(algo), "sampler", partial=True)
+    assert convert_params(trial.params) == sampled, "--trial-id reads a trial back to the same hyperparameters"
+    assert ("noise_type" in sampled) == (algo in ("td3", "ddpg"))
+
+
+def test_storage_url_and_replay_buffer_paths(tmp_path: Path) -> None:
+    url = normalize_storage_url("postgresql://u:p@127.0.0.1:5432/db")
+    assert url is not None and url.endswith("://u:p@127.0.0.1:5432/db") and url.startswith("postgresql")
+    assert normalize_storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    (tmp_path / "rl_model_200_steps.zip").write_bytes(b"")
+    assert _replay_buffer_beside(tmp_path / "rl_model_200_steps.zip") is None
+    (tmp_path / "rl_model_replay_buffer_200_steps.pkl").write_bytes(b"")
+    (tmp_path / "replay_buffer.pkl").write_bytes(b"")
+    assert _replay_buffer_beside(tmp_path / "rl_model_200_steps.zip") == tmp_path / "rl_model_replay_buffer_200_steps.pkl"
+    assert _replay_buffer_beside(tmp_path / "Env-v0.zip") == tmp_path / "replay_buffer.pkl"
+
+
+def test_resolve_model_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no model"):
+        resolve_model_path(tmp_path)
+    for name in ("rl_model_100_steps.zip", "rl_model_1000_steps.zip", "rl_model_300_steps.zip"):
+        (tmp_path / name).write_bytes(b"")
+    assert resolve_model_path(tmp_path).name == "rl_model_1000_steps.zip"
+    (tmp_path / "best_model.zip").write_bytes(b"")
+    assert resolve_model_path(tmp_path, prefer="best").name == "best_model.zip"
+    assert resolve_model_path(tmp_path, prefer="last").name == "rl_model_1000_steps.zip"
+    (tmp_path / "LiteScenario0-v0.zip").write_bytes(b"")
+    assert resolve_model_path(tmp_path, prefer="last").name == "LiteScenario0-v0.zip"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_model_path(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------- subprocess runs (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_train_every_algo_writes_a_run_folder(algo: str, tmp_path: Path) -> None:
+    result = _train(
+        tmp_path,
+        "--algo",
+        algo,
+        "--env",
+        "LiteScenario0-v0",
+        "-n",
+        "200",
+        "--seed",
+        "3",
+        "--eval-freq",
+        "200",
+        "--eval-episodes",
+        "1",
+        "--save-freq",
+        "100",
+        *TINY_ENV,
+        *TINY_PARAMS,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "logs" / algo / "LiteScenario0-v0_1"
+    assert _steps(run / "LiteScenario0-v0.zip", algo) == 200
+    assert {p.name for p in run.glob("rl_model_*_steps.zip")} == {"rl_model_100_steps.zip", "rl_model_200_steps.zip"}
+    assert (run / "best_model.zip").is_file() and (run / "evaluations.npz").is_file()
+    info = read_run_info(run)
+    assert (info.algo, info.env_id) == (algo, "LiteScenario0-v0")
+    assert info.hyperparams["max_grad_norms"] == {"actor_cnn": 1.0, "actor_mlp": None, "critic_cnn": 10.0, "critic_mlp": None}
+    assert info.hyperparams["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}
+    assert "train.py" in (run / "LiteScenario0-v0" / "command.txt").read_text()
+    rows = list(csv.DictReader((run / "progress.csv").open()))
+    grad_rows = [r for r in rows if r.get("debug/critic_cnn_grad_norm_BEFORE_clip")]
+    assert grad_rows and all(float(r["debug/critic_cnn_grad_norm_AFTER_clip"]) <= 10.0 + 1e-3 for r in grad_rows)
+    assert any(r.get("driving/route_completion") for r in rows), "driving metrics logged during training"
+    assert any(r.get("eval/route_completion") for r in rows), "driving metrics of the evaluation episodes"
+    assert any(r.get("reward_terms/progress") for r in rows)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_continues_the_step_count(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-f",
+        "logs",
+        "--verbose",
+        "0",
+        "-n",
+        "100000",
+        "--seed",
+        "1",
+        "--eval-freq",
+        "-1",
+        "--save-freq",
+        "100",
+        "--save-replay-buffer",
+        *TINY_ENV,
+        *TINY_PARAMS,
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    run = tmp_path / "logs" / "td3" / "LiteScenario0-v0_1"
+    deadline = time.monotonic() + 180
+    while not (run / "rl_model_200_steps.zip").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 180 s"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped_at = _steps(run / "LiteScenario0-v0.zip", "td3")
+    assert stopped_at >= 200
+    assert (run / "replay_buffer.pkl").is_file()
+    assert (run / f"rl_model_{stopped_at}_steps.zip").is_file(), "a checkpoint written at the interrupt"
+
+    result = _train(
+        tmp_path, "-i", str(run), "-n", str(stopped_at + 60), "--seed", "2", "--eval-freq", "-1", *TINY_ENV, *TINY_PARAMS
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = tmp_path / "logs" / "td3" / "LiteScenario0-v0_2"
+    assert _steps(resumed / "LiteScenario0-v0.zip", "td3") == stopped_at + 60
+    steps = [int(r["time/step"]) for r in csv.DictReader((resumed / "progress.csv").open()) if r.get("time/step")]
+    assert steps and min(steps) > stopped_at, "the logger continues the step count"
+    assert read_run_info(resumed).args["trained_agent"].endswith("LiteScenario0-v0.zip")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
+        (["--algo", "ppo"], "invalid choice: 'ppo'"),
+        (["-conf", "broken.yml"], "broken.yml: line 3, column 14: invalid YAML"),
+    ],
+)
+def test_cli_errors_exit_non_zero_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "broken.yml").write_text("default:\n  policy: [MultiInputPolicy\n  n_timesteps: 10\n")
+    result = _train(tmp_path, *args, timeout=120)
+    assert result.returncode == 2
+    line = _error_line(result.stderr)
+    assert message in line and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_enjoy_evaluates_a_run_folder(tmp_path: Path) -> None:
+    result = _train(tmp_path, "-n", "120", "--seed", "0", "--eval-freq", "-1", *TINY_ENV, *TINY_PARAMS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "logs" / "td3" / "LiteScenario0-v0_1"
+    enjoy = [sys.executable, str(ROOT / "enjoy.py")]
+    out = subprocess.run(
+        [*enjoy, str(run), "-n", "2", "--json", "m.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_episodes"] == 2 and 0.0 <= metrics["route_completion"] <= 1.0
+    assert metrics["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}, "the run's env kwargs"
+    assert "| LiteScenario0-v0 | 2 |" in out.stdout
+    # rl-zoo style lookup, and a missing checkpoint is a one-line error
+    out = subprocess.run(
+        [*enjoy, "--algo", "td3", "--env", "LiteScenario0-v0", "--load-best", "-n", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert out.returncode == 2 and "best_model.zip not found" in _error_line(out.stderr)
+
+
+def test_checkpoint_callback_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
+
+    model = TD3("MlpPolicy", "Pendulum-v1", learning_starts=1000, policy_kwargs={"net_arch": [8]}, seed=0)
+    checkpoints = InterruptibleCheckpointCallback(save_freq=20, save_path=str(tmp_path), save_replay_buffer=True)
+
+    class SendSigint(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 30:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the terminal
+            return True
+
+    send = SendSigint()
+    before = signal.getsignal(signal.SIGINT)
+    model.learn(10_000, callback=CallbackList([send, checkpoints]))
+    assert checkpoints.interrupted_by == "SIGINT"
+    assert model.num_timesteps == 30, "stopped at the step boundary right after the signal"
+    assert checkpoints.last_checkpoint == tmp_path / "rl_model_30_steps.zip"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "rl_model_20_steps.zip",
+        "rl_model_30_steps.zip",
+        "rl_model_replay_buffer_20_steps.pkl",
+        "rl_model_replay_buffer_30_steps.pkl",
+    ], "no partial files left"
+    assert signal.getsignal(signal.SIGINT) is before, "handlers restored after learn()"
+    assert TD3.load(tmp_path / "rl_model_30_steps.zip").num_timesteps == 30
