@@ -209,14 +209,24 @@ def load_model(path: str | Path, algo: str, device: str = "auto") -> Any:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``sb3-av evaluate`` options to a parser."""
-    parser.add_argument("--env", nargs="+", required=True, metavar="ID", help="env id(s), e.g. LiteScenario0-v0")
+    parser.add_argument(
+        "--env", nargs="+", metavar="ID", help="env id(s), e.g. LiteScenario0-v0 (default for a run folder: the run's)"
+    )
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", metavar="PATH", help="a saved model .zip, or a run folder (its best_model.zip)")
     who.add_argument("--baseline", action="store_true", help="the PID speed + pure-pursuit steering controller")
-    parser.add_argument("--algo", default="td3", choices=sorted(ALGORITHMS), help="algorithm of --model (default: td3)")
+    parser.add_argument(
+        "--algo", choices=sorted(ALGORITHMS), help="algorithm of --model (default: the run folder's, else td3)"
+    )
     parser.add_argument("-n", "--n-episodes", type=int, default=10, help="episodes per env (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default: 0)")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE", help="env kwargs, e.g. npc_vehicles:5")
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY:VALUE",
+        help="env kwargs, e.g. npc_vehicles:5 (on top of a run folder's own)",
+    )
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     parser.add_argument("--device", default="auto", help="torch device for --model (default: auto)")
     parser.add_argument("--json", metavar="OUT.json", help="also write the metrics (and per-episode results) as JSON")
@@ -234,12 +244,30 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     sb3_av.envs.register_envs()
     if args.n_episodes < 1:
         return _fail(f"-n must be >= 1, got {args.n_episodes}")
+    run_env_kwargs: dict[str, Any] = {}
+    if args.model is not None and Path(args.model).is_dir():
+        # a run folder of train.py: its algorithm, env id and env kwargs are the defaults
+        from sb3_av.zoo.run_folder import read_run_info
+
+        try:
+            run = read_run_info(args.model)
+        except FileNotFoundError:  # a folder holding a model but no args.yml: no defaults
+            run = None
+        except (KeyError, ValueError) as exc:
+            return _fail(f"{args.model}: unreadable run settings: {exc}")
+        if run is not None:
+            args.algo = args.algo or run.algo
+            args.env = args.env or [run.env_id]
+            run_env_kwargs = run.env_kwargs
+    args.algo = args.algo or "td3"
+    if not args.env:
+        return _fail("--env is required (except with a run folder as --model)")
     for env_id in args.env:
         if env_id not in gym.registry:
             known = ", ".join(sb3_av.envs.scenario_ids())
             return _fail(f"unknown env id {env_id!r}; registered driving envs: {known}")
     try:
-        env_kwargs = parse_env_kwargs(args.env_kwargs)
+        env_kwargs = {**run_env_kwargs, **parse_env_kwargs(args.env_kwargs)}
         model = None if args.baseline else load_model(args.model, args.algo, args.device)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))

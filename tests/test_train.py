@@ -340,6 +340,19 @@ def test_enjoy_evaluates_a_run_folder(tmp_path: Path) -> None:
     assert metrics["n_episodes"] == 2 and 0.0 <= metrics["route_completion"] <= 1.0
     assert metrics["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}, "the run's env kwargs"
     assert "| LiteScenario0-v0 | 2 |" in out.stdout
+    # `sb3-av evaluate` on the run folder takes the run's algorithm, env id and env kwargs
+    out = subprocess.run(
+        [sys.executable, "-m", "sb3_av.cli", "evaluate", "--model", str(run), "-n", "1", "--json", "e.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["algo"] == "td3" and evaluated["results"][0]["env_id"] == "LiteScenario0-v0"
+    assert evaluated["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}
     # rl-zoo style lookup, and a missing checkpoint is a one-line error
     out = subprocess.run(
         [*enjoy, "--algo", "td3", "--env", "LiteScenario0-v0", "--load-best", "-n", "1"],
