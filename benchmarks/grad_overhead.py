@@ -25,6 +25,31 @@ from sb3_av.callbacks import GradientMonitorCallback
 from sb3_av.td3 import ClippedTD3, MultiInputPolicy
 
 
+def _isolated_clip_cost(model: ClippedTD3, repeats: int = 50) -> float:
+    """Median seconds of measuring and clipping one critic step and one actor step, gradients in place.
+
+    Timed on one thread: on a shared machine a parallel region can wait a whole scheduler slice for its second
+    thread, which would time the machine's load rather than the work.
+    """
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    times = []
+    for _ in range(repeats):
+        # fresh gradients each time: clipping the same ones again would shrink them into (slow) denormals
+        for network in (model.critic, model.actor):
+            for param in network.parameters():
+                param.grad = th.randn_like(param)
+        start = time.perf_counter()
+        for clipper in (model._critic_clipper, model._actor_clipper):
+            before = clipper.measure()
+            th.isfinite(before).all()
+            clipper.clip_(before)
+        model._flush_train_stats([], [], {})  # nothing to flush: the per-call sync is timed in the rounds
+        times.append(time.perf_counter() - start)
+    th.set_num_threads(threads)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -60,6 +85,7 @@ def main() -> None:
             clip_times.append(times["run_clipped"] / args.gradient_steps)
             ratios.append(times["run_clipped"] / times["run_baseline"])
 
+    isolated = _isolated_clip_cost(clipped)
     median_ratio = statistics.median(ratios)
     print(f"machine: {platform.processor() or platform.machine()}, torch {th.__version__}, threads {th.get_num_threads()}")
     print(f"batch {args.batch_size}, {args.gradient_steps} gradient steps per train(), {args.rounds} interleaved rounds")
@@ -73,6 +99,12 @@ def main() -> None:
     print(
         f"overhead: {100 * (median_ratio - 1):+.2f}% (per-round ratio IQR "
         f"{np.percentile(ratios, 25):.3f}..{np.percentile(ratios, 75):.3f})"
+    )
+    step = statistics.median(base_times)
+    print(
+        "isolated cost of measuring + clipping (one critic step + one actor step, 1 thread, median of 50): "
+        f"{1e3 * isolated:.2f} ms "
+        f"= {100 * isolated / step:.2f}% of SB3's median gradient step"
     )
 
 
