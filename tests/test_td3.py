@@ -270,7 +270,7 @@ def test_extractor_rejects_spaces_without_image_and_vector() -> None:
     extractor = MultiInputExtractor(ImageVectorEnv().observation_space, cnn_output_dim=16, vector_output_dim=0)
     assert extractor.features_dim == 16 + 3
     out = extractor({"image": th.rand(2, 4, 36, 36), "vector": th.zeros(2, 3)})
-    assert out.shape == (2, 19) and math.isfinite(float(out.sum()))
+    assert out.shape == (2, 19) and math.isfinite(float(out.detach().sum()))
 
 
 def test_random_shift_is_a_bounded_integer_shift() -> None:
@@ -323,3 +323,17 @@ def test_extractor_bfloat16_and_channels_last_match_float32() -> None:
     assert all(p.grad is not None and p.grad.dtype == th.float32 for p in fast.parameters())
     with pytest.raises(ValueError, match="cnn_dtype"):
         MultiInputExtractor(space, cnn_dtype="float16")
+
+
+@pytest.mark.parametrize("cnn_dtype, channels_last", [("float32", False), ("float32", True), ("bfloat16", True)])
+def test_raw_uint8_images_give_the_features_of_preprocessed_ones(cnn_dtype: str, channels_last: bool) -> None:
+    space = ImageVectorEnv().observation_space
+    extractor = MultiInputExtractor(
+        space, cnn_output_dim=16, vector_output_dim=8, cnn_dtype=cnn_dtype, channels_last=channels_last
+    )
+    images = th.randint(0, 256, (4, 4, 36, 36), dtype=th.uint8)
+    vector = th.randn(4, 3)
+    from_raw = extractor({"image": images, "vector": vector})
+    from_float = extractor({"image": images.float() / 255.0, "vector": vector})
+    tolerance = 1e-6 if cnn_dtype == "float32" else 2e-2
+    th.testing.assert_close(from_raw, from_float, rtol=tolerance, atol=tolerance)

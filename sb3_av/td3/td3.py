@@ -19,6 +19,7 @@ from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.clipping import GradClipMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
 from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
+from sb3_av.torch_layers import MultiInputExtractor
 
 __all__ = ["ClippedDDPG", "ClippedTD3"]
 
@@ -274,9 +275,23 @@ class ClippedTD3(GradClipMixin, TD3):
         )
 
     def _encode(self, observations: Any, network: Any) -> th.Tensor:
-        """Preprocess a batch once and run it through ``network``'s features extractor."""
-        preprocessed = preprocess_obs(observations, self.observation_space, normalize_images=network.normalize_images)
-        return network.features_extractor(preprocessed)
+        """Preprocess a batch once and run it through ``network``'s features extractor.
+
+        :class:`~sb3_av.torch_layers.MultiInputExtractor` takes its image raw (uint8) and scales it in one copy to
+        its compute dtype and memory format; everything else goes through SB3's ``preprocess_obs``.
+        """
+        extractor = network.features_extractor
+        preprocessed: Any
+        if isinstance(extractor, MultiInputExtractor) and network.normalize_images and isinstance(observations, dict):
+            preprocessed = {
+                key: value
+                if key == extractor.image_key
+                else preprocess_obs(value, self.observation_space[key], normalize_images=True)  # type: ignore[index]
+                for key, value in observations.items()
+            }
+        else:
+            preprocessed = preprocess_obs(observations, self.observation_space, normalize_images=network.normalize_images)
+        return extractor(preprocessed)
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + self._grad_clip_excluded_params()
