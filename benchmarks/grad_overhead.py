@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--gradient-steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--buffer", type=int, default=2000, help="transitions in the shared replay buffer")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads > 0:
+        th.set_num_threads(args.threads)
 
     buffer = filled_buffer(driving_space(), args.buffer)
     baseline = model_on_buffer(TD3, MultiInputPolicy, buffer)

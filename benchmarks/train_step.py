@@ -81,7 +81,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--buffer", type=int, default=2000)
     parser.add_argument("--profile", action="store_true", help="also print a torch profile of SB3's and the recommended step")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads > 0:
+        th.set_num_threads(args.threads)
 
     buffer = filled_buffer(driving_space(), args.buffer)
     models = {name: make() for name, make in _configs(buffer).items()}
