@@ -14,6 +14,7 @@ from sb3_av.baselines import PIDPurePursuit
 from sb3_av.envs import register_envs
 from sb3_av.envs.core import DrivingEnv, make_driving_env
 from sb3_av.evaluation import (
+    METRIC_COLUMNS,
     add_evaluate_arguments,
     evaluate,
     format_metrics_table,
@@ -142,3 +143,9 @@ def test_cli_saved_model_and_run_folder(tmp_path: Path, capsys: pytest.CaptureFi
     assert "observation space" in capsys.readouterr().err
     (tmp_path / "junk.zip").write_text("not a zip")
     assert _run(["--model", str(tmp_path / "junk.zip"), *common]) == 2
+
+
+def test_metrics_table_is_valid_markdown() -> None:
+    rows = [("LiteScenario0-v0", {key: 1.0 for key, _, _ in METRIC_COLUMNS} | {"n_episodes": 1})]
+    lines = format_metrics_table(rows).splitlines()
+    assert len({line.count("|") for line in lines}) == 1  # no stray pipes in titles or cells
