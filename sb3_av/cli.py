@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -67,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sb3-av: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the subcommands report what they expect; anything else still gets one line
+        if os.environ.get("SB3AV_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        print(
+            f"sb3-av {args.command}: error: {type(exc).__name__}: {message} (SB3AV_DEBUG=1 for the traceback)", file=sys.stderr
+        )
+        return 2
 
 
 if __name__ == "__main__":

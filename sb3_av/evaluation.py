@@ -21,7 +21,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
 
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.zoo.algos import ALGO_NAMES, get_algorithm
@@ -170,19 +169,19 @@ def format_metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 # ---------------------------------------------------------------------- command line
 def parse_env_kwargs(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key:value`` strings; values are YAML (``npc_vehicles:5``, ``npc_speed_range_ms:[5,9]``).
+    """Parse ``key:value`` strings as data, as ``train.py --env-kwargs`` does (``npc_vehicles:5``, ``dt:5e-2``,
+    ``npc_speed_range_ms:[5,9]``): Python literals or YAML, never code.
 
     :raises ValueError: an item without ``:`` or with an unparsable value.
     """
+    from sb3_av.zoo.config import parse_override_value
+
     result: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition(":")
         if not sep or not key:
             raise ValueError(f"--env-kwargs item {item!r} is not key:value (e.g. npc_vehicles:5)")
-        try:
-            result[key] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--env-kwargs {key}: cannot parse value {text!r}: {exc}") from exc
+        result[key] = parse_override_value(key, text)  # its ConfigError is a ValueError
     return result
 
 
@@ -273,22 +272,12 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except Exception as exc:  # a corrupt or foreign .zip: SB3 raises many kinds
         return _fail(f"cannot load model {args.model} with --algo {args.algo}: {type(exc).__name__}: {exc}")
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for env_id in args.env:
-        try:
-            env = gym.make(env_id, **env_kwargs)
-        except ValueError as exc:
-            return _fail(str(exc).splitlines()[0])
-        try:
-            if model is not None and model.observation_space != env.observation_space:
-                return _fail(
-                    f"the model's observation space {model.observation_space} does not match {env_id}'s "
-                    f"{env.observation_space}; use the env kwargs it was trained with"
-                )
-            policy = model if model is not None else PIDPurePursuit.from_env(env)
-            rows.append((env_id, evaluate(policy, env, args.n_episodes, seed=args.seed, deterministic=not args.stochastic)))
-        finally:
-            env.close()
+    try:
+        rows = _evaluate_envs(args, model, env_kwargs)
+    except _UserError as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # a simulator that is not there (CARLA), a missing package, ...
+        return _fail(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     print(format_metrics_table(rows))
     if args.json:
         who = {"baseline": "pid_pure_pursuit"} if args.baseline else {"model": str(args.model), "algo": args.algo}
@@ -302,6 +291,31 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2, default=_json_default))
     return 0
+
+
+class _UserError(Exception):
+    """A problem with the command's input, reported on one line."""
+
+
+def _evaluate_envs(args: argparse.Namespace, model: Any, env_kwargs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Evaluate ``model`` (or the baseline when None) on each env of ``args.env``; each env is closed after use."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for env_id in args.env:
+        try:
+            env = gym.make(env_id, **env_kwargs)
+        except ValueError as exc:
+            raise _UserError(str(exc).splitlines()[0]) from None
+        try:
+            if model is not None and model.observation_space != env.observation_space:
+                raise _UserError(
+                    f"the model's observation space {model.observation_space} does not match {env_id}'s "
+                    f"{env.observation_space}; use the env kwargs it was trained with"
+                )
+            policy = model if model is not None else PIDPurePursuit.from_env(env)
+            rows.append((env_id, evaluate(policy, env, args.n_episodes, seed=args.seed, deterministic=not args.stochastic)))
+        finally:
+            env.close()
+    return rows
 
 
 def _json_default(value: Any) -> Any:

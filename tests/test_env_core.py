@@ -353,12 +353,17 @@ def test_backend_restart_truncates_without_reward() -> None:
         return Frame(first.image, first.x, first.y, first.yaw, first.speed_ms, 0.0, extra={"episode_restarted": True})
 
     backend.step = restarted_step  # type: ignore[method-assign]
+    last_obs = env._obs()
     obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.5]))
     assert (terminated, truncated, reward) == (False, True, 0.0)
     assert info["termination"] == "backend_restarted" and not info["off_road"] and not info["collision"]
     assert all(value == 0.0 for value in info["reward_terms"].values())
     assert info["distance_m"] > 4.0 and info["route_completion"] > 0.0  # the episode that ended
     assert info["backend"]["episode_restarted"]
-    assert obs["vector"][1] == pytest.approx(0.0, abs=1e-6)  # the new episode starts on the route centre
+    # the terminal observation is the ended episode's last one, never the new episode's first
+    assert all(np.array_equal(obs[key], last_obs[key]) for key in obs)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(2))
+    backend.step = original_step  # type: ignore[method-assign]
+    obs, info = env.reset()
+    assert obs["vector"][1] == pytest.approx(0.0, abs=1e-6) and info["distance_m"] == 0.0  # a clean new episode

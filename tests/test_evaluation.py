@@ -149,3 +149,18 @@ def test_metrics_table_is_valid_markdown() -> None:
     rows = [("LiteScenario0-v0", {key: 1.0 for key, _, _ in METRIC_COLUMNS} | {"n_episodes": 1})]
     lines = format_metrics_table(rows).splitlines()
     assert len({line.count("|") for line in lines}) == 1  # no stray pipes in titles or cells
+
+
+def test_cli_unreachable_carla_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--baseline", "--env", "CarlaScenario0-v0", "-n", "1", "--env-kwargs", "port:2999", "connect_timeout_s:1"]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CarlaConnectionError" in err and "127.0.0.1:2999" in err
+
+
+def test_env_kwargs_parse_like_train_py() -> None:
+    assert parse_env_kwargs(["dt:5e-2", "seed:3", "npc_speed_range_ms:[5, 9]"]) == {
+        "dt": 0.05,
+        "seed": 3,
+        "npc_speed_range_ms": [5, 9],
+    }

@@ -168,3 +168,18 @@ def test_monitor_needs_a_clipped_algorithm() -> None:
         ).learn(5, callback=GradientMonitorCallback())
     with pytest.raises(ValueError, match="dump_freq"):
         GradientMonitorCallback(dump_freq=0)
+
+
+def test_cli_unexpected_error_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sb3_av.log_check
+
+    def broken(args: object) -> int:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(sb3_av.log_check, "run_check_logs_command", broken)
+    monkeypatch.delenv("SB3AV_DEBUG", raising=False)
+    assert cli_main(["check-logs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sb3-av check-logs: error: OSError: disk on fire" in err

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import TensorBoardOutputFormat
 
 from sb3_av.grad_stats import GradNormWindow, NetworkSummary
 
@@ -48,7 +49,9 @@ class GradientMonitorCallback(BaseCallback):
     alarm): above ``warning_ratio * max_norm`` (``warning_abs`` for a group without max_norm) records
     ``alerts/gradient_explosion_warning``, above ``critical_ratio * max_norm`` (``critical_abs``) or a
     non-finite gradient records ``alerts/gradient_explosion_critical``, each with the offending norm (inf
-    for non-finite) and a logged warning naming the group and the step. Alerts are written only when raised.
+    for non-finite) and a logged warning naming the group and the step. Alerts are events, written to TensorBoard
+    only when raised and at once (the other values keep their ``dump_freq`` cadence); :attr:`alert_counts` counts
+    them.
 
     :param dump_freq: record and dump the window every this many callback calls (environment steps).
     :param warning_ratio: warning when BEFORE > warning_ratio * max_norm.
@@ -147,10 +150,20 @@ class GradientMonitorCallback(BaseCallback):
         for level, tag in (("warning", WARNING_TAG), ("critical", CRITICAL_TAG)):
             if raised[level]:
                 self.alert_counts[level] += 1
-                self.logger.record(tag, max(value for _, value, _ in raised[level]))
+                self._write_event(tag, max(value for _, value, _ in raised[level]))
                 details = ", ".join(f"{group}={value:.4g} (update {update})" for group, value, update in raised[level])
                 logger.warning("Gradient explosion %s at timestep %d: BEFORE-clip norm %s", level, self.num_timesteps, details)
-        self.logger.dump(self.num_timesteps)
+
+    def _write_event(self, tag: str, value: float) -> None:
+        """Write one alert straight to TensorBoard at the current step.
+
+        An alert is an event: going through ``logger.record`` + ``dump`` would also flush every other pending value
+        (SB3's running means) at an arbitrary step, and a second alert before the next dump would overwrite the first.
+        """
+        for output in self.logger.output_formats:
+            if isinstance(output, TensorBoardOutputFormat):
+                output.writer.add_scalar(tag, value, self.num_timesteps)
+                output.writer.flush()
 
 
 def _record_summary(sb3_logger, network: str, summary: NetworkSummary) -> None:

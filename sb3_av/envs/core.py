@@ -307,16 +307,16 @@ class DrivingEnv(gym.Env):
         """The backend lost its world and started a new episode (a reconnect): truncate, with no reward.
 
         The step is not terminal (nothing the agent did ended it), so it is reported as truncated with
-        ``termination = "backend_restarted"`` and zero reward terms; the observation is the new episode's first.
+        ``termination = "backend_restarted"`` and zero reward terms. The observation is the last one of the episode
+        that ended, so that a learner bootstrapping the truncated step's value reads a state of that episode (the
+        new episode's frame is discarded: the next ``reset()`` starts a clean one).
         """
         assert self._frame is not None
-        # the info describes the episode that ended (its completion, distance); the observation the new one
         info = self._info(
             self._frame, dict.fromkeys(RewardWeights.names(), 0.0), collision=False, off_road=False, success=False
         )
         info["termination"] = "backend_restarted"
         info["backend"] = dict(frame.extra)
-        self._start_episode(frame)
         self._done = True
         return self._obs(), 0.0, False, True, info
 
