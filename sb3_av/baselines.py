@@ -16,12 +16,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sb3_av.envs.core import VECTOR_FEATURES
+from sb3_av.envs.core import ROUTE_POINT_SCALE_M, VECTOR_FEATURES
 
 __all__ = ["PID", "PIDPurePursuit"]
 
 _N_HEAD = len(VECTOR_FEATURES)
-_POINT_SCALE_M = 50.0
 
 
 @dataclass
@@ -139,7 +138,7 @@ class PIDPurePursuit:
         """
         vector = np.asarray(observation["vector"], dtype=np.float64)
         speed = float(vector[0]) * self.target_speed_ms
-        points = vector[_N_HEAD:].reshape(-1, 2) * _POINT_SCALE_M
+        points = vector[_N_HEAD:].reshape(-1, 2) * ROUTE_POINT_SCALE_M
         steer = self._steer(points, speed)
         setpoint = self.cruise_fraction * self.target_speed_ms
         backend = (info or {}).get("backend", {}) or {}

@@ -21,6 +21,7 @@ from sb3_av.envs.scenarios import RewardWeights, Scenario, get_scenario
 
 __all__ = [
     "BACKEND_SHARED_KEYS",
+    "ROUTE_POINT_SCALE_M",
     "VECTOR_FEATURES",
     "DrivingEnv",
     "EnvConfig",
@@ -37,7 +38,8 @@ VECTOR_FEATURES: tuple[str, ...] = ("speed", "lateral_offset", "heading_error", 
 _IDLE_SPEED_MS = 0.5  # below this speed the idle penalty applies (after idle_grace_s)
 _STUCK_SPEED_MS = 0.1  # below this speed the stuck timer runs
 _GOAL_TOLERANCE_M = 1.0  # the route counts as completed within this arc length of its end
-_POINT_SCALE_M = 50.0  # look-ahead points are divided by this
+#: Route points in the observation are divided by this (m).
+ROUTE_POINT_SCALE_M = 50.0
 _LANE_TERM_MIN = -2.0  # the lane term is bounded below
 
 
@@ -357,7 +359,7 @@ class DrivingEnv(gym.Env):
                 self._prev_action[1],
             ]
         )
-        points = r.lookahead_ego(f.x, f.y, f.yaw, p.s, c.n_route_points, c.route_point_spacing_m) / _POINT_SCALE_M
+        points = r.lookahead_ego(f.x, f.y, f.yaw, p.s, c.n_route_points, c.route_point_spacing_m) / ROUTE_POINT_SCALE_M
         vector = np.concatenate((head, points.reshape(-1))).astype(np.float32)
         return {"image": self._stack.copy(), "vector": vector}
 

@@ -51,9 +51,7 @@ class Scenario:
     :param max_steps: step limit of an episode (truncation, never terminal).
     :param dt: simulation step (s); 0.05 s = 20 Hz.
     :param target_speed_ms: the speed (m/s) the reward's speed term and the observation normalise by.
-    :param route_length_m: nominal route length (m); informative, the backend's route is authoritative.
     :param reward: reward weights.
-    :param description: one line for the README and ``--help``.
     """
 
     name: str
@@ -62,9 +60,7 @@ class Scenario:
     max_steps: int = 1000
     dt: float = 0.05
     target_speed_ms: float = 8.0
-    route_length_m: float = 250.0
     reward: RewardWeights = field(default_factory=RewardWeights)
-    description: str = ""
 
     @property
     def env_id(self) -> str:
@@ -79,16 +75,14 @@ def _table() -> dict[str, Scenario]:
             Scenario(
                 name=f"LiteScenario{i}",
                 backend="lite",
-                npc_vehicles=npc,
-                description=f"embedded highway-env road, ~250 m route with a 90 deg left turn, {npc} IDM vehicles",
+                npc_vehicles=npc,  # embedded highway-env road, ~250 m route with a 90 deg left turn, IDM vehicles
             )
         )
         rows.append(
             Scenario(
                 name=f"CarlaScenario{i}",
                 backend="carla",
-                npc_vehicles=npc,
-                description=f"CARLA Town01, fixed ~250 m route with a turn, {npc} Traffic Manager vehicles",
+                npc_vehicles=npc,  # CARLA Town01, fixed ~250 m route with a turn, Traffic Manager vehicles
             )
         )
     return {s.name: s for s in rows}
