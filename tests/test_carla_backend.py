@@ -23,7 +23,7 @@ from sb3_av.envs.carla import (
     parse_server,
     server_for_rank,
 )
-from sb3_av.envs.carla.backend import CarlaBackend
+from sb3_av.envs.carla.backend import CarlaBackend, _server_lost
 from sb3_av.envs.carla.errors import CarlaSensorTimeout
 from sb3_av.envs.carla.route import _choose, carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
@@ -322,6 +322,24 @@ def test_settings_restored_by_the_last_env_on_a_shared_server(net):
     assert server.violations == []
 
 
+def test_a_killed_runs_synchronous_mode_is_not_taken_for_the_original(net):
+    server = net.add()
+    killed = _backend(net, tm_port=8100)
+    killed.reset(seed=0)
+    assert server.settings.synchronous_mode is True
+    killed.conn._claim.release()  # SIGKILL: the kernel drops the locks; nothing is restored, nothing destroyed
+    assert server.settings.synchronous_mode is True
+    nxt = _backend(net, tm_port=8101, route_start_index=60)  # the dead run's ego still stands on point 0
+    nxt.reset(seed=0)
+    nxt.close()
+    assert server.settings.synchronous_mode is False  # the user's settings, not the dead run's
+    assert server.settings.fixed_delta_seconds is None
+    assert not nxt.conn._claim.settings_path.exists()
+    again = _backend(net, tm_port=8101)  # the file is gone: the world as found is the original again
+    again.close()
+    assert server.settings.synchronous_mode is False
+
+
 def test_town_is_loaded_only_when_another_one_is_loaded(net):
     same = net.add(port=2000, town="Town01")
     other = net.add(port=2010, town="Town02")
@@ -400,10 +418,12 @@ def test_tick_timeout_in_step_reconnects_and_restarts_the_episode(net):
     server.fail("world.tick")
     frame = backend.step(0.0, 0.5, 0.0)
     assert frame.extra["episode_restarted"] is True and "time-out" in frame.extra["restart_cause"]
+    assert frame.extra["restarts"] == 1
     assert frame.sim_time_s == 0.0
     assert len(net.clients) == clients_before + 1
     assert len(_own(server, backend)) == 4 + 5
-    assert backend.step(0.0, 0.5, 0.0).extra.get("episode_restarted") is None
+    later = backend.step(0.0, 0.5, 0.0)
+    assert later.extra.get("episode_restarted") is None and later.extra["restarts"] == 1
     backend.close()
     assert server.violations == []
 
@@ -444,6 +464,101 @@ def test_lost_server_gives_up_after_bounded_attempts_with_a_clear_error(net, tmp
     assert keep.read_bytes() == b"saved"
     server.down = False
     _backend(net).close()  # the TM port was released
+
+
+def test_only_time_outs_and_lost_connections_count_as_a_lost_server():
+    lost = [
+        cs._TIMEOUT.format(ms=10000, addr="127.0.0.1:2000"),  # the carla client's TimeoutException text
+        "connect: Connection refused",
+        "read: End of file",
+        "write: Broken pipe",
+        "Connection reset by peer",
+    ]
+    refused = [
+        "Spawn failed because of collision at spawn position",
+        "ActorBlueprint: invalid value 'abc' for attribute 'image_size_x'",
+        "trying to operate on a destroyed actor; an actor's function was called, but the actor is already destroyed.",
+    ]
+    assert all(_server_lost(RuntimeError(m)) for m in lost)
+    assert not any(_server_lost(RuntimeError(m)) for m in refused)
+    assert _server_lost(CarlaSensorTimeout("No camera data for frame 3"))
+    assert not _server_lost(NotImplementedError("timeout"))  # a RuntimeError subclass: not the client's
+    assert not _server_lost(KeyError("connection"))
+
+
+def test_refused_spawn_fails_at_once_with_a_clear_error_and_no_reconnect(net):
+    server = net.add()
+    backend = _backend(net, reconnect_backoff_s=5.0)  # a reconnect would sleep 5 s
+    backend.reset(seed=0)
+    clients_before = len(net.clients)
+    server.fail("world.spawn_actor", skip=1, error="Spawn failed because of collision at spawn position")
+    t0 = time.monotonic()
+    with pytest.raises(CarlaBackendError) as err:
+        backend.reset(seed=1)
+    assert time.monotonic() - t0 < 2.0
+    msg = str(err.value)
+    assert "collision at spawn position" in msg and "sensor.other.collision" in msg and "127.0.0.1:2000" in msg
+    assert "route_start_index" in msg and "npc_vehicles" in msg and "not a lost connection" in msg
+    assert "unstable" not in msg
+    assert len(net.clients) == clients_before  # no reconnect
+    assert _own(server, backend) == []  # what the failed reset spawned is gone
+    assert backend.reset(seed=2).extra["npc_vehicles"] == 5  # the same connection still works
+    backend.close()
+    assert server.violations == []
+
+
+def test_refused_request_in_step_is_not_taken_for_a_lost_server(net):
+    server = net.add()
+    backend = _backend(net, reconnect_backoff_s=5.0)
+    backend.reset(seed=0)
+    clients_before = len(net.clients)
+    server.fail("vehicle.apply_control", error="trying to operate on a destroyed actor")
+    with pytest.raises(CarlaBackendError, match=r"step\(\) failed .* destroyed actor.*role_name starts with .sb3av:"):
+        backend.step(0.0, 0.5, 0.0)
+    assert len(net.clients) == clients_before and backend.restarts == 0
+    assert _own(server, backend) == []
+    with pytest.raises(RuntimeError, match="before reset"):
+        backend.step(0.0, 0.5, 0.0)
+    backend.reset(seed=1)
+    backend.close()
+    assert server.violations == []
+
+
+def _block_start(server: cs.StandinServer, backend: CarlaBackend) -> cs.StandinActor:
+    """A foreign vehicle on the ego's start point."""
+    start = backend.conn.map.get_spawn_points()[backend.config.route_start_index]
+    bp = cs.StandinBlueprint("vehicle.audi.a2", role_name="someone_else", number_of_wheels="4")
+    return server._add(cs.StandinVehicle, bp, start, None)
+
+
+def test_briefly_blocked_start_is_retried_after_a_tick(net, monkeypatch):
+    server = net.add()
+    backend = _backend(net)
+    blocker = _block_start(server, backend)
+    real_tick = server._tick
+
+    def tick_then_drive_off() -> int:
+        blocker._transform = carla.Transform(carla.Location(500.0, 500.0, 0.0))
+        return real_tick()
+
+    monkeypatch.setattr(server, "_tick", tick_then_drive_off)
+    frame = backend.reset(seed=0)
+    assert server.count("world.try_spawn_actor") == 2
+    assert frame.x == pytest.approx(5.0, abs=0.1) and len(_own(server, backend)) == 4 + 5
+    backend.close()
+    assert server.violations == []
+
+
+def test_blocked_start_fails_with_a_clear_error_and_no_reconnect(net):
+    server = net.add()
+    backend = _backend(net, reconnect_backoff_s=5.0)
+    blocker = _block_start(server, backend)
+    clients_before = len(net.clients)
+    with pytest.raises(CarlaBackendError, match=r"spawn point 0 .* blocked .* 3 tries.*another route_start_index"):
+        backend.reset(seed=0)
+    assert server.count("world.try_spawn_actor") == 3 and len(net.clients) == clients_before
+    assert _own(server, backend) == [] and blocker.is_alive
+    backend.close()
 
 
 def test_version_mismatch_is_refused(net):

@@ -8,6 +8,9 @@ Robustness rules (ENV_CONTRACT.md, "CARLA specifics"):
 - ``world.tick(timeout_s)`` and a bounded wait for the camera image of the ticked frame; a timeout or a
   lost connection leads to at most ``max_reconnects`` reconnects, after which a
   :class:`~sb3_av.envs.carla.errors.CarlaConnectionError` names host:port and how to start CARLA.
+- Any other error the server answers with (a refused spawn, a bad blueprint attribute) would repeat after a
+  reconnect: it becomes a :class:`~sb3_av.envs.carla.errors.CarlaBackendError` at once (after the cleanup),
+  saying what failed and what to change.
 - After a reconnect during :meth:`CarlaBackend.step`, a new episode is started and its first frame is
   returned with ``extra["episode_restarted"] = True`` (the env should truncate there).
 """
@@ -34,11 +37,39 @@ __all__ = ["CarlaBackend", "import_carla"]
 
 logger = logging.getLogger(__name__)
 
-#: Errors that mean "the server is lost, hung or out of step": they lead to a reconnect.
-_RECOVERABLE: tuple[type[BaseException], ...] = (RuntimeError, CarlaSensorTimeout)
+#: Lower-case fragments of the ``RuntimeError`` texts with which the carla client reports a lost or hung server:
+#: its time-out ("time-out of 10000ms while waiting for the simulator, make sure the simulator is ready and
+#: connected to host:port") and the socket errors of its RPC layer (refused, reset, closed connections).
+_LOST_SERVER_MARKERS = (
+    "time-out",
+    "timeout",
+    "timed out",
+    "connect",  # connection refused/reset/aborted, disconnected, not connected
+    "end of file",
+    "broken pipe",
+    "reset by peer",
+    "socket",
+)
+#: How often the ego is tried at its start point, with a world tick in between, before the spot counts as blocked.
+_EGO_SPAWN_TRIES = 3
 
 _CAMERA_LOCATION = (1.5, 0.0, 2.4)  # x forward, y right, z up (m) relative to the ego, CARLA frame
 _CAMERA_PITCH_DEG = -10.0
+
+
+def _server_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the server is lost, hung or out of step" (so a reconnect may help).
+
+    :param exc: an error raised while talking to the server.
+    :return: True for :class:`CarlaSensorTimeout` and for a ``RuntimeError`` whose text names a time-out or a
+        lost connection; False for every other error (the server answered: retrying would fail the same way).
+    """
+    if isinstance(exc, CarlaSensorTimeout):
+        return True
+    if type(exc) is not RuntimeError:  # the client raises plain RuntimeErrors; subclasses are someone else's
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in _LOST_SERVER_MARKERS)
 
 
 def import_carla() -> Any:
@@ -98,7 +129,8 @@ class CarlaBackend(DrivingBackend):
         self.last_frame_id = -1  # the server frame id of the latest Frame
         self._episode_ready = False
         self._closed = False
-        self.restarts = 0  # episodes restarted after a reconnect, over the backend's life
+        self.restarts = 0  # episodes restarted after a reconnect, over the backend's life (Frame.extra["restarts"])
+        self._stage = ""  # what _reset_once is doing, for the error message of a refused request
         if connect:
             self.conn.open()
 
@@ -118,6 +150,8 @@ class CarlaBackend(DrivingBackend):
 
         :param seed: seeds NPC placement and the Traffic Manager.
         :raises CarlaConnectionError: the server is gone and did not come back.
+        :raises CarlaBackendError: the server refused a request (e.g. a spawn at a blocked point, a bad blueprint
+            attribute); retrying would fail the same way, so it is not retried.
         """
         self._check_open()
         if not self.conn.connected and not self.conn.generation:
@@ -128,8 +162,12 @@ class CarlaBackend(DrivingBackend):
                 if not self.conn.connected:
                     self.conn.reconnect(RuntimeError("not connected"))
                 return self._reset_once(seed)
-            except _RECOVERABLE as exc:
+            except (RuntimeError, CarlaSensorTimeout) as exc:
                 self._abandon_episode()
+                if not _server_lost(exc):
+                    if type(exc) is RuntimeError:  # the server answered with an error: it would answer the same again
+                        raise self._refused("reset()", exc) from exc
+                    raise
                 if attempt == attempts:
                     raise CarlaConnectionError(
                         f"reset() failed {attempts} times on the CARLA server {self.conn.address} although it answered "
@@ -150,18 +188,25 @@ class CarlaBackend(DrivingBackend):
         :param throttle: [0, 1].
         :param brake: [0, 1].
         :raises CarlaConnectionError: the server was lost and did not come back.
+        :raises CarlaBackendError: the server refused a request of this step (not a lost connection).
         """
         self._check_open()
         if not self._episode_ready:
             raise RuntimeError("CarlaBackend.step() called before reset()")
         try:
+            self._stage = "applying the control and ticking the world"
             return self._step_once(steer, throttle, brake)
-        except _RECOVERABLE as exc:
+        except (RuntimeError, CarlaSensorTimeout) as exc:
+            if not _server_lost(exc):
+                if type(exc) is RuntimeError:
+                    self._abandon_episode()
+                    raise self._refused("step()", exc) from exc
+                raise
             logger.warning("CARLA step failed on %s: %s; restarting the episode", self.conn.address, exc)
             self._abandon_episode()
             self.conn.reconnect(exc)
-            frame = self.reset()
             self.restarts += 1
+            frame = self.reset()
             return replace(frame, extra={**frame.extra, "episode_restarted": True, "restart_cause": str(exc)[:200]})
 
     def close(self) -> None:
@@ -183,9 +228,11 @@ class CarlaBackend(DrivingBackend):
         carla = self._carla
         conn = self.conn
         self._episode_ready = False
+        self._stage = "destroying the previous episode's actors"
         self._destroy_episode()
         if self._dirty:
             self._sweep_tagged()
+        self._stage = "building the route"
         self._ensure_route()
         rng = np.random.default_rng(seed)
         if seed is not None:
@@ -193,21 +240,30 @@ class CarlaBackend(DrivingBackend):
         world = conn.world
         library = world.get_blueprint_library()
 
+        self._stage = f"spawning the ego ({self.config.ego_blueprint})"
         ego_bp = self._find_blueprint(library, self.config.ego_blueprint)
         self._tag_blueprint(ego_bp, "ego")
-        ego = world.try_spawn_actor(ego_bp, self._start_transform)
+        ego = None
+        for attempt in range(_EGO_SPAWN_TRIES):
+            if attempt:  # a vehicle passing over the start point may have moved on after a tick
+                world.tick(self.config.timeout_s)
+            ego = world.try_spawn_actor(ego_bp, self._start_transform)
+            if ego is not None:
+                break
         if ego is None:
             loc = self._start_transform.location
             raise CarlaBackendError(
                 f"Could not spawn the ego at spawn point {self.config.route_start_index} ({loc.x:.1f}, {loc.y:.1f}) "
-                f"on {conn.address}: the spot is occupied by an actor this env does not own; clear the world or "
-                "choose another route_start_index"
+                f"on {conn.address}: the spot stayed blocked by an actor this env does not own over "
+                f"{_EGO_SPAWN_TRIES} tries, one world tick apart. Choose another route_start_index, use fewer "
+                "npc_vehicles (of another env on this server), or clear the world of other clients' actors."
             )
         self._ego = ego
 
         self._camera = FrameQueue("camera")
         self._collisions = EventQueue("collision")
         self._lane_invasions = EventQueue("lane_invasion")
+        self._stage = "setting up the camera blueprint (camera_size, camera_fov_deg)"
         size = str(self.config.camera_size)
         cam_bp = self._find_blueprint(library, "sensor.camera.rgb")
         for key, value in (("image_size_x", size), ("image_size_y", size), ("fov", str(self.config.camera_fov_deg))):
@@ -220,14 +276,17 @@ class CarlaBackend(DrivingBackend):
             ("sensor.other.collision", carla.Transform(), self._collisions.put),
             ("sensor.other.lane_invasion", carla.Transform(), self._lane_invasions.put),
         ):
+            self._stage = f"spawning the {blueprint_id} sensor on the ego"
             bp = cam_bp if blueprint_id == "sensor.camera.rgb" else self._find_blueprint(library, blueprint_id)
             self._tag_blueprint(bp, blueprint_id.rsplit(".", 1)[-1])
             sensor = world.spawn_actor(bp, transform, attach_to=ego)
             self._sensors.append(sensor)
             sensor.listen(sink)
 
+        self._stage = f"spawning {self.config.npc_vehicles} NPC vehicles"
         self._spawn_npcs(library, rng)
 
+        self._stage = "ticking the world after the spawns"
         frame_id = world.tick(self.config.timeout_s)
         self._start_frame = frame_id
         # a new camera's first image may take longer (render warm-up): wait up to the RPC timeout
@@ -275,6 +334,7 @@ class CarlaBackend(DrivingBackend):
                 "collision_with": sorted({str(getattr(e.other_actor, "type_id", "?")) for e in collisions}),
                 "npc_vehicles": len(self._npc_ids),
                 "stale_images_dropped": self._camera.stale_dropped,
+                "restarts": self.restarts,
             },
         )
 
@@ -398,6 +458,30 @@ class CarlaBackend(DrivingBackend):
         self._dirty = False
 
     # ------------------------------------------------------------------ helpers
+    def _refused(self, call: str, exc: BaseException) -> CarlaBackendError:
+        """The error for a request the server answered with an error (not a lost connection): no retry helps.
+
+        :param call: ``"reset()"`` or ``"step()"``.
+        :param exc: the client's ``RuntimeError``.
+        """
+        if call == "step()":
+            hint = (
+                "If the ego or its sensors were destroyed by another client (e.g. a cleanup script), let it spare "
+                "actors whose role_name starts with 'sb3av:'; then call reset() to start a new episode."
+            )
+        else:
+            hint = (
+                "If a spawn was refused (e.g. 'collision at spawn position'), the spot is blocked: choose another "
+                "route_start_index, use fewer npc_vehicles, or clear the world of other clients' actors. If a "
+                "blueprint or one of its attributes was refused, check ego_blueprint, camera_size and camera_fov_deg "
+                f"against what this CARLA {CARLA_VERSION} server offers."
+            )
+        return CarlaBackendError(
+            f"{call} failed on the CARLA server {self.conn.address} while {self._stage or 'talking to the server'}: "
+            f"the server refused the request ({type(exc).__name__}: {str(exc).strip()[:300]}). This is not a lost "
+            f"connection, so it was not retried; this env's actors were destroyed. {hint}"
+        )
+
     def _find_blueprint(self, library: Any, blueprint_id: str) -> Any:
         try:
             return library.find(blueprint_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = ["TM_PORT_OFFSET", "CarlaConfig", "parse_server", "server_for_rank"]
@@ -35,10 +35,10 @@ def parse_server(text: str) -> tuple[str, int, int | None]:
 
 
 def server_for_rank(servers: list[str], rank: int) -> tuple[str, int, int | None]:
-    """The server env number ``rank`` of a VecEnv uses: ``servers[rank % len(servers)]``.
+    """The server an env built with ``rank=rank`` uses: ``servers[rank % len(servers)]``.
 
     :param servers: ``"host:port"`` or ``"host:port:tm_port"`` strings.
-    :param rank: the env's index in its VecEnv (>= 0).
+    :param rank: the env's ``rank`` kwarg (>= 0).
     :return: ``(host, port, tm_port or None)``.
     """
     if not servers:
@@ -61,12 +61,14 @@ class CarlaConfig:
     :param host: CARLA server host.
     :param port: CARLA RPC port (the server also uses ``port + 1`` for sensor streaming).
     :param tm_port: Traffic Manager port; None = ``port + 6000``. Two envs on one server need two TM ports.
-    :param servers: ``"host:port"`` (or ``"host:port:tm_port"``) strings; when given, env ``rank`` uses
-        ``servers[rank % len(servers)]`` (overrides host/port; its TM port is the entry's tm_port, else
-        ``tm_port``, else its port + 6000).
-    :param rank: this env's index in its VecEnv: it uses ``servers[rank % len(servers)]``. None (default):
-        the first server of ``servers`` that no other env on this machine uses (claimed by a lock file), so
-        the envs of a VecEnv and an eval env spread over the list without being told their rank.
+    :param servers: ``"host:port"`` (or ``"host:port:tm_port"``) strings (override host/port; a server's TM port
+        is the entry's tm_port, else ``tm_port``, else its port + 6000). Which one this env uses: see ``rank``.
+    :param rank: None (default): the env takes the first server of ``servers`` that no other env on this
+        machine holds (claimed by a lock file), so the envs of a VecEnv and an eval env spread over the list
+        by themselves. An integer pins this env to ``servers[rank % len(servers)]`` alone; nothing sets it
+        per env (one ``rank`` in the env kwargs applies to every env built from them, and a second env pinned
+        to a held server fails with "Traffic Manager port ... is already used"), so set it only when each env
+        is built with its own kwargs (e.g. one env per process or machine). Ignored without ``servers``.
     :param town: the map; loaded only when another one is loaded.
     :param timeout_s: limit (s) of every RPC and of ``world.tick``; past it the server counts as hung.
     :param connect_timeout_s: limit (s) of the first contact with a server (an absent server fails within it).
@@ -164,10 +166,6 @@ class CarlaConfig:
     def traffic_manager_port(self) -> int:
         """The Traffic Manager port of the (first candidate) server: the entry's, else ``tm_port``, else port + 6000."""
         return self.candidates()[0][2]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict."""
-        return asdict(self)
 
 
 def _check_servers(cfg: CarlaConfig) -> None:

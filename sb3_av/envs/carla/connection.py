@@ -2,7 +2,9 @@
 
 One :class:`CarlaConnection` per env. It claims its ``(host, port, tm_port)`` with a lock file, so two envs
 on one machine (in one process or several) can never drive the same Traffic Manager; the world settings
-the first env found are kept next to the lock and restored by the last env that leaves the server.
+the first env found are kept next to the lock and restored by the last env that leaves the server (a run
+that died without restoring them leaves the file behind, and the next run restores those, not the
+synchronous mode the dead run left on the server).
 """
 
 from __future__ import annotations
@@ -302,16 +304,29 @@ class CarlaConnection:
         return world
 
     def _apply_sync_settings(self) -> None:
+        """Record the settings to restore later (once per connection's life), then switch to synchronous mode.
+
+        The original settings are kept in a file next to the locks and removed by the last env that restores
+        them. So when this is the only env on the server and the file is still there, a previous run died
+        (e.g. SIGKILL) without restoring: the world is still in that run's synchronous mode, and the file, not
+        the world, holds what the user had.
+        """
         settings = self.world.get_settings()
         current = {"synchronous_mode": bool(settings.synchronous_mode), "fixed_delta_seconds": settings.fixed_delta_seconds}
         path = self._claim.settings_path
-        if self._claim.others_on_server() == 0 or not path.exists():
-            # first env on this server: what it finds is what the user had
-            if self._original is None:
-                self._original = current
-            path.write_text(json.dumps(self._original))
-        elif self._original is None:
-            self._original = json.loads(path.read_text())
+        if self._original is None:
+            saved = _read_settings(path)  # another live env's record, or a dead run's
+            if saved is not None and saved != current and self._claim.others_on_server() == 0:
+                logger.warning(
+                    "A previous run on the CARLA server %s ended without restoring its world settings; "
+                    "%s (saved in %s) will be restored on close, not the current %s",
+                    self.address,
+                    saved,
+                    path,
+                    current,
+                )
+            self._original = saved if saved is not None else current
+        path.write_text(json.dumps(self._original))
         settings.synchronous_mode = True
         settings.fixed_delta_seconds = self.config.dt
         self.world.apply_settings(settings)
@@ -319,8 +334,8 @@ class CarlaConnection:
     def _restore_settings(self) -> None:
         original = self._original
         path = self._claim.settings_path
-        if original is None and path.exists():
-            original = json.loads(path.read_text())
+        if original is None:
+            original = _read_settings(path)
         if original is None:
             return
         settings = self.world.get_settings()
@@ -340,6 +355,21 @@ class CarlaConnection:
         if self._claimed:
             self._claim.release()
             self._claimed = False
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    """The saved original world settings, or None when the file is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("Ignoring the unreadable saved CARLA settings %s: %s", path, exc)
+        return None
+    if not isinstance(data, dict) or "synchronous_mode" not in data or "fixed_delta_seconds" not in data:
+        logger.warning("Ignoring the saved CARLA settings %s: unexpected content %r", path, data)
+        return None
+    return {"synchronous_mode": bool(data["synchronous_mode"]), "fixed_delta_seconds": data["fixed_delta_seconds"]}
 
 
 def _one_line(exc: BaseException) -> str:

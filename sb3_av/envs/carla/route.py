@@ -18,6 +18,7 @@ import numpy as np
 
 from sb3_av.envs.backend import RouteSpec
 from sb3_av.envs.carla.errors import CarlaBackendError
+from sb3_av.envs.route import wrap_angle
 
 __all__ = [
     "build_route",
@@ -45,8 +46,7 @@ def carla_to_world_yaw(yaw_deg: float) -> float:
 
     :param yaw_deg: CARLA ``Rotation.yaw`` (degrees).
     """
-    yaw = -math.radians(float(yaw_deg))
-    return (yaw + math.pi) % (2.0 * math.pi) - math.pi
+    return wrap_angle(-math.radians(float(yaw_deg)))
 
 
 def world_to_carla_steer(steer: float) -> float:
@@ -67,8 +67,7 @@ def _turn_of(start: Any, branch: Any) -> float:
     ahead = branch.next(_BRANCH_PROBE_M)
     if ahead:
         probe = ahead[0]
-    delta = _heading(probe) - _heading(start)
-    return (delta + math.pi) % (2.0 * math.pi) - math.pi
+    return wrap_angle(_heading(probe) - _heading(start))
 
 
 def _choose(current: Any, branches: Sequence[Any], choice: str) -> Any:
