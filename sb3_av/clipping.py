@@ -64,8 +64,9 @@ class GradClipMixin:
             if limits[name] is not None and not all_groups[name]:
                 raise ValueError(
                     f"max_grad_norms[{name!r}] = {limits[name]} but this policy has no {name} parameters to clip "
-                    "(an MLP policy has no CNN; with share_features_extractor=True the encoder is 'critic_cnn' "
-                    "and the actor has no CNN of its own). Set it to None or remove it."
+                    "(an MLP policy has no CNN; with share_features_extractor=True one network's optimizer owns the "
+                    "encoder: the critic's in sb3-av's TD3/DDPG ('critic_cnn'), the actor's in SAC/TQC ('actor_cnn')). "
+                    "Set it to None or remove it."
                 )
         actor_groups = {name: params for name, params in actor_groups.items() if params}
         critic_groups = {name: params for name, params in critic_groups.items() if params}

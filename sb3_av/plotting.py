@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sb3_av.grad_clip import GROUP_NAMES
+
 __all__ = ["GRAD_GROUPS", "RunCurves", "add_plot_arguments", "load_run_curves", "plot_runs", "run_plot_command"]
 
-#: Gradient groups drawn in the gradient panel (BEFORE clip solid, AFTER clip dashed).
-GRAD_GROUPS: tuple[str, ...] = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
+#: Gradient groups drawn in the gradient panel (BEFORE clip solid, AFTER clip dashed): :data:`sb3_av.grad_clip.GROUP_NAMES`.
+GRAD_GROUPS: tuple[str, ...] = GROUP_NAMES
 
 
 @dataclass

@@ -12,15 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import optuna
 import pytest
 import yaml
 
-from sb3_av.zoo import ALGO_NAMES, SAMPLERS, get_algorithm
-from sb3_av.zoo.config import ConfigError, load_config_file, parse_override_value, validate_hyperparams
-from sb3_av.zoo.exp_manager import _replay_buffer_beside, normalize_storage_url
+from sb3_av import grad_clip, plotting
+from sb3_av.zoo import ALGO_NAMES, SAMPLERS, config, get_algorithm, samplers
+from sb3_av.zoo.config import ConfigError, load_config_file, parse_override_value, resolve_env_wrapper, validate_hyperparams
+from sb3_av.zoo.enjoy import main as enjoy_main
+from sb3_av.zoo.exp_manager import DrivingExperimentManager, _replay_buffer_beside, normalize_storage_url
 from sb3_av.zoo.run_folder import read_run_info, resolve_model_path
 from sb3_av.zoo.samplers import convert_params
 from sb3_av.zoo.train import main
@@ -95,7 +101,10 @@ def test_validate_normalises_and_names_the_key() -> None:
         "lerning_rate": (0.1, "unknown key 'lerning_rate'"),
         "gamma": (1.5, "key 'gamma': expected a number in (0, 1]"),
         "batch_size": ("big", "key 'batch_size'"),
-        "max_grad_norms": ({"actor_cnn": -1.0}, "actor_cnn: expected a number > 0"),
+        "max_grad_norms": (
+            {"actor_cnn": -1.0},
+            "key 'max_grad_norms': max_grad_norms['actor_cnn'] must be a finite number > 0",
+        ),
         "policy": ("CnnPolicyy", "key 'policy'"),
         "policy_kwargs": ({"activation_fn": "nn.ReLU"}, "activation_fn"),
         "noise_type": ("gaussian", "key 'noise_type'"),
@@ -108,6 +117,46 @@ def test_validate_normalises_and_names_the_key() -> None:
         assert message in str(info.value) and str(info.value).startswith("cfg [env]")
     with pytest.raises(ConfigError, match="missing key 'n_timesteps'"):
         validate_hyperparams({"policy": "MultiInputPolicy"}, algo, "cfg")
+
+
+def test_grad_groups_and_max_grad_norms_come_from_grad_clip() -> None:
+    """One definition of the groups, and the algorithms' own check of max_grad_norms, re-raised naming the key."""
+    assert config.GRAD_GROUPS is grad_clip.GROUP_NAMES and plotting.GRAD_GROUPS is grad_clip.GROUP_NAMES
+    assert samplers.convert_params({"critic_mlp_max_grad_norm": 2.0}) == {"max_grad_norms": {"critic_mlp": 2.0}}
+    algo = get_algorithm("td3")
+    base = {"policy": "MultiInputPolicy", "n_timesteps": 10}
+    checked = validate_hyperparams({**base, "max_grad_norms": {"critic_cnn": 10, "actor_mlp": None}}, algo, "cfg [env]")
+    assert checked["max_grad_norms"] == {"actor_mlp": None, "critic_cnn": 10.0}, "the groups given, as floats"
+    cases = {
+        "Unknown gradient group(s) ['actor']": {"actor": 1.0},
+        "max_grad_norms['critic_cnn'] must be a finite number > 0 or None, got inf (null in YAML: measure only)": {
+            "critic_cnn": float("inf")
+        },
+        "max_grad_norms['actor_cnn'] must be a finite number > 0 or None, got True": {"actor_cnn": True},
+        "expected a mapping of group -> max norm or null, groups ['actor_cnn'": [1.0],
+    }
+    for message, value in cases.items():
+        with pytest.raises(ConfigError) as info:
+            validate_hyperparams({**base, "max_grad_norms": value}, algo, "cfg.yml [env]")
+        assert str(info.value).startswith("cfg.yml [env]: key 'max_grad_norms': ") and message in str(info.value)
+
+
+def test_env_wrappers_that_break_the_driving_envs_are_rejected() -> None:
+    algo = get_algorithm("td3")
+    base = {"policy": "MultiInputPolicy", "n_timesteps": 10}
+    for name, reason in (("TimeFeatureWrapper", "needs a Box observation"), ("TimeLimit", "env_kwargs max_steps")):
+        with pytest.raises(ConfigError) as info:
+            validate_hyperparams({**base, "env_wrapper": [{name: {"max_steps": 5}}]}, algo, "cfg [env]")
+        assert f"key 'env_wrapper': env wrapper {name!r} is not supported" in str(info.value) and reason in str(info.value)
+    with pytest.raises(ConfigError, match=r"unknown env wrapper 'Nope'; known: \['ClipAction'\]"):
+        validate_hyperparams({**base, "env_wrapper": "Nope"}, algo, "cfg")
+    checked = validate_hyperparams({**base, "env_wrapper": "ClipAction"}, algo, "cfg")
+    wrap = resolve_env_wrapper(checked["env_wrapper"])
+    assert wrap is not None
+    env = wrap(gym.make("Pendulum-v1"))
+    assert isinstance(env, gym.wrappers.ClipAction)
+    np.testing.assert_array_equal(env.action(np.array([5.0], np.float32)), [2.0])  # Pendulum's max torque
+    env.close()
 
 
 def test_override_values_are_data_never_code() -> None:
@@ -210,6 +259,174 @@ def test_resolve_model_path(tmp_path: Path) -> None:
     assert resolve_model_path(tmp_path, prefer="last").name == "LiteScenario0-v0.zip"
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve_model_path(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------ in-process runs: cleanup, errors
+
+#: A tiny Pendulum run (200-step episodes): trains and evaluates in a few seconds.
+_PENDULUM = {
+    "Pendulum-v1": {
+        "policy": "MlpPolicy",
+        "n_timesteps": 60,
+        "learning_starts": 40,
+        "buffer_size": 200,
+        "batch_size": 8,
+        "policy_kwargs": {"net_arch": [8]},
+    }
+}
+
+
+class _EnvSpy:
+    """Wraps :meth:`DrivingExperimentManager.create_envs`: records each env (and whether it is the evaluation env),
+    counts its ``close()`` calls, and can raise Ctrl-C instead of building the training env (a slow town load)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, interrupt_training_env: bool = False) -> None:
+        self.created: list[tuple[bool, Any]] = []
+        self.closes: dict[int, int] = {}
+        self.manager: DrivingExperimentManager | None = None
+        original = DrivingExperimentManager.create_envs
+
+        def create_envs(manager: DrivingExperimentManager, n_envs: int, eval_env: bool = False, no_log: bool = False) -> Any:
+            self.manager = manager
+            if interrupt_training_env and not eval_env:
+                raise KeyboardInterrupt
+            env = original(manager, n_envs, eval_env=eval_env, no_log=no_log)
+            self.created.append((eval_env, env))
+            self.closes[id(env)] = 0
+            close = env.close
+
+            def counting_close() -> None:
+                self.closes[id(env)] += 1
+                close()
+
+            env.close = counting_close  # type: ignore[method-assign]
+            return env
+
+        monkeypatch.setattr(DrivingExperimentManager, "create_envs", create_envs)
+
+    def close_counts(self, eval_env: bool) -> list[int]:
+        return [self.closes[id(env)] for is_eval, env in self.created if is_eval == eval_env]
+
+
+def _pendulum_args(tmp_path: Path, *extra: str) -> list[str]:
+    conf = tmp_path / "td3.yml"
+    conf.write_text(yaml.safe_dump(_PENDULUM))
+    return ["--env", "Pendulum-v1", "-conf", str(conf), "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs"), *extra]
+
+
+def test_the_evaluation_env_is_closed_after_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CARLA an unclosed eval env keeps its actors, the synchronous mode and its Traffic Manager port."""
+    spy = _EnvSpy(monkeypatch)
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "30", "--eval-episodes", "1")) == 0
+    assert spy.close_counts(eval_env=True) == [1] and spy.close_counts(eval_env=False) == [1]
+    evaluations = np.load(tmp_path / "logs" / "td3" / "Pendulum-v1_1" / "evaluations.npz")
+    assert evaluations["timesteps"].tolist() == [30, 60], "the closed env is the one the evaluations ran on"
+    assert spy.manager is not None and spy.manager.eval_env is None
+
+
+def test_an_interrupted_run_closes_the_evaluation_env_and_the_progress_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_av.callbacks.driving_metrics import DrivingMetricsCallback
+    from stable_baselines3.common.callbacks import ProgressBarCallback
+
+    original = DrivingMetricsCallback._on_step
+
+    def interrupt_at_45(callback: DrivingMetricsCallback) -> bool:
+        if callback.num_timesteps == 45:
+            raise KeyboardInterrupt  # Ctrl-C inside learn(), outside the checkpoint callback's signal handler
+        return original(callback)
+
+    monkeypatch.setattr(DrivingMetricsCallback, "_on_step", interrupt_at_45)
+    spy = _EnvSpy(monkeypatch)
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "30", "--eval-episodes", "1", "-P")) == 0
+    assert "Interrupted by SIGINT at step 45" in capsys.readouterr().out
+    assert spy.close_counts(eval_env=True) == [1] and spy.close_counts(eval_env=False) == [1]
+    assert spy.manager is not None
+    (bar,) = [c for c in spy.manager.callbacks if isinstance(c, ProgressBarCallback)]
+    assert bar.pbar.disable, "rl-zoo's cleanup: the progress bar of an interrupted run is closed"
+    assert _steps(tmp_path / "logs" / "td3" / "Pendulum-v1_1" / "Pendulum-v1.zip", "td3") == 45
+
+
+def test_ctrl_c_before_training_exits_130_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the training env starts (a CARLA town load): no traceback, and the eval env is released."""
+    spy = _EnvSpy(monkeypatch, interrupt_training_env=True)
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "30")) == 130
+    assert _error_line(capsys.readouterr().err) == "train.py: interrupted (Ctrl-C) outside training; no model saved"
+    assert spy.close_counts(eval_env=True) == [1], "the eval env built before the interrupt is closed"
+
+
+def _run_folder(tmp_path: Path, args: dict[str, Any] | str, model: bytes | None = None) -> Path:
+    run = tmp_path / "logs" / "td3" / "LiteScenario0-v0_1"
+    (run / "LiteScenario0-v0").mkdir(parents=True)
+    text = args if isinstance(args, str) else yaml.safe_dump(args)
+    (run / "LiteScenario0-v0" / "args.yml").write_text(text)
+    (run / "LiteScenario0-v0" / "config.yml").write_text(yaml.safe_dump({"env_kwargs": {"camera_size": 36}}))
+    if model is not None:
+        (run / "LiteScenario0-v0.zip").write_bytes(model)
+    return run
+
+
+def test_enjoy_reports_a_corrupt_model_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    no_data = tmp_path / "no_data.zip"
+    with zipfile.ZipFile(no_data, "w") as archive:
+        archive.writestr("notes.txt", b"x")  # a zip, but no "data" entry: SB3 asserts
+    run = _run_folder(tmp_path, {"algo": "td3", "env": "LiteScenario0-v0"}, no_data.read_bytes())
+    assert enjoy_main([str(run), "-n", "1"]) == 2
+    assert _error_line(capsys.readouterr().err) == "enjoy.py: error: AssertionError: No data found in the saved file"
+    truncated = tmp_path / "truncated.zip"
+    with zipfile.ZipFile(truncated, "w") as archive:
+        archive.writestr("data", "{}")
+        archive.writestr("policy.pth", b"")  # an empty torch file: EOFError without a message
+    (run / "LiteScenario0-v0.zip").write_bytes(truncated.read_bytes())
+    assert enjoy_main([str(run), "-n", "1"]) == 2
+    assert _error_line(capsys.readouterr().err) == "enjoy.py: error: EOFError"
+    (run / "LiteScenario0-v0.zip").write_bytes(b"not a zip")
+    assert enjoy_main([str(run), "-n", "1"]) == 2
+    assert "wasn't a zip-file" in _error_line(capsys.readouterr().err)
+
+
+def test_enjoy_other_failures_and_ctrl_c_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sb3_av.zoo.enjoy as enjoy
+
+    run = _run_folder(tmp_path, {"algo": "td3", "env": "LiteScenario0-v0"}, b"")
+
+    def no_carla(name: str) -> Any:
+        raise ImportError("No module named 'carla'")
+
+    monkeypatch.setattr(enjoy, "get_algorithm", no_carla)
+    assert enjoy_main([str(run)]) == 2
+    assert _error_line(capsys.readouterr().err) == "enjoy.py: error: ImportError: No module named 'carla'"
+
+    def interrupted(name: str) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(enjoy, "get_algorithm", interrupted)
+    assert enjoy_main([str(run)]) == 130
+    assert _error_line(capsys.readouterr().err) == "enjoy.py: interrupted (Ctrl-C)"
+
+
+def test_a_run_folder_without_algo_or_env_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _run_folder(tmp_path, {"env": "LiteScenario0-v0", "seed": 0}, b"")
+    args_yml = run / "LiteScenario0-v0" / "args.yml"
+    with pytest.raises(ValueError, match=r"args.yml: no 'algo' entry; it is not the args.yml of a train.py run"):
+        read_run_info(run)
+    assert enjoy_main([str(run)]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"enjoy.py: error: {args_yml}: no 'algo' entry")
+    args_yml.write_text(yaml.safe_dump({"seed": 0}))
+    with pytest.raises(ValueError, match="no 'algo' and no 'env' entry"):
+        read_run_info(run)
+    args_yml.write_text("- a\n- list\n")
+    with pytest.raises(ValueError, match=r"args.yml: expected a mapping, got list"):
+        read_run_info(run)
+    args_yml.write_text("algo: [unclosed\n")
+    with pytest.raises(ValueError, match=r"args.yml: invalid YAML"):
+        read_run_info(run)
 
 
 # --------------------------------------------------------------------------------- subprocess runs (slow)

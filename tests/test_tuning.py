@@ -23,12 +23,16 @@ import pytest
 import yaml
 from gymnasium import spaces
 
-from sb3_av.zoo import get_algorithm
+from sb3_av.clipping import network_groups
+from sb3_av.zoo import ALGO_NAMES, get_algorithm
 from sb3_av.zoo.exp_manager import normalize_storage_url
+from sb3_av.zoo.samplers import tunable_clip_groups
 from sb3_av.zoo.train import main
+from tests.image_vector_env import ImageVectorEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAKY_ID = "SB3AVTestFlaky-v0"
+IMAGE_ID = "SB3AVTestImageVector-v0"
 
 
 class FlakyEnv(gym.Env):
@@ -60,6 +64,8 @@ class FlakyEnv(gym.Env):
 
 if FLAKY_ID not in gym.registry:
     gym.register(FLAKY_ID, entry_point=FlakyEnv)
+if IMAGE_ID not in gym.registry:
+    gym.register(IMAGE_ID, entry_point="tests.image_vector_env:ImageVectorEnv")
 
 
 def test_failed_trial_is_marked_failed_and_the_study_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,6 +189,51 @@ def test_a_study_with_only_failures_exits_2(tmp_path: Path, capsys: pytest.Captu
         FlakyEnv.failures_left = 0
     assert status == 2
     assert "no trial completed" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("policy", ["MultiInputPolicy", "MlpPolicy"])
+def test_tuned_clip_groups_are_the_groups_the_policy_has(algo: str, share: bool, policy: str) -> None:
+    """The tuner samples a clip norm only for a CNN group with parameters (else the model rejects it: pruned)."""
+    env = ImageVectorEnv() if policy == "MultiInputPolicy" else FlakyEnv()
+    kwargs: dict[str, Any] = {"net_arch": [4], "share_features_extractor": share}
+    if algo == "tqc":
+        kwargs["n_quantiles"] = 3
+    algorithm: Any = get_algorithm(algo)
+    model = algorithm(policy, env, buffer_size=10, policy_kwargs=kwargs, device="cpu")
+    groups = {**network_groups(model.actor, model.actor.optimizer, "actor")}
+    groups.update(network_groups(model.critic, model.critic.optimizer, "critic"))
+    expected = tuple(name for name in ("actor_cnn", "critic_cnn") if groups[name])
+    assert tunable_clip_groups(algo, policy, share) == expected
+    if share and policy == "MultiInputPolicy":
+        assert expected == (("critic_cnn",) if algo in ("td3", "ddpg") else ("actor_cnn",))
+    with pytest.raises(KeyError, match="no tuning rule"):
+        tunable_clip_groups("ppo", policy, share)
+
+
+@pytest.mark.slow
+def test_tuning_sac_with_a_shared_encoder_completes_its_trials(tmp_path: Path) -> None:
+    """SAC's shared encoder is trained by the actor's optimizer: its norm is ``actor_cnn`` (``critic_cnn`` is empty,
+    and a norm sampled for it pruned every trial)."""
+    conf = tmp_path / "sac.yml"
+    policy_kwargs = {
+        "net_arch": [8],
+        "share_features_extractor": True,
+        "features_extractor_kwargs": {"cnn_output_dim": 8, "vector_output_dim": 8},
+    }
+    block = {"policy": "MultiInputPolicy", "n_timesteps": 30, "learning_starts": 20, "buffer_size": 100, "batch_size": 4}
+    conf.write_text(yaml.safe_dump({IMAGE_ID: {**block, "policy_kwargs": policy_kwargs}}))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    status = main(
+        ["--algo", "sac", "--env", IMAGE_ID, "-conf", str(conf), "-optimize", "--n-trials", "1", "--sampler", "random",
+         "--pruner", "none", "--storage", storage, "--study-name", "shared", "-n", "30", "--n-evaluations", "1",
+         "--eval-episodes", "1", "--no-optim-plots", "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs")]
+    )  # fmt: skip
+    assert status == 0
+    (trial,) = optuna.load_study(study_name="shared", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert "actor_cnn_max_grad_norm" in trial.params and "critic_cnn_max_grad_norm" not in trial.params
 
 
 def _postgres_url() -> str:

@@ -18,10 +18,11 @@ from typing import Any
 
 import gymnasium as gym
 import yaml
-from sb3_contrib.common.wrappers import TimeFeatureWrapper
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
+
+from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 
 __all__ = [
     "ACTIVATIONS",
@@ -63,7 +64,8 @@ ZOO_KEYS: dict[str, str] = {
 #: Constructor arguments the trainer sets itself; a config must not set them.
 _MANAGED_KEYS = frozenset({"self", "env", "tensorboard_log", "seed", "verbose", "device", "_init_setup_model", "action_noise"})
 
-GRAD_GROUPS: tuple[str, ...] = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
+#: The gradient groups of ``max_grad_norms`` (:data:`sb3_av.grad_clip.GROUP_NAMES`).
+GRAD_GROUPS: tuple[str, ...] = GROUP_NAMES
 NOISE_TYPES: tuple[str | None, ...] = ("normal", "ornstein-uhlenbeck", None)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -75,10 +77,16 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
 }
 
+#: Wrapper names usable in a config's ``env_wrapper:`` entry -> class.
 ENV_WRAPPERS: dict[str, type[gym.Wrapper]] = {
-    "TimeFeatureWrapper": TimeFeatureWrapper,
     "ClipAction": gym.wrappers.ClipAction,
-    "TimeLimit": gym.wrappers.TimeLimit,
+}
+
+#: rl-zoo wrappers a config may name that do not work with the driving envs -> why, and what to do instead.
+_REJECTED_WRAPPERS: dict[str, str] = {
+    "TimeFeatureWrapper": "it needs a Box observation and the driving envs' is a Dict (image + vector); "
+    "the vector part already carries the episode state",
+    "TimeLimit": "the driving envs truncate episodes themselves; set env_kwargs max_steps instead",
 }
 
 _NORMALIZE_KEYS = frozenset({"norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon", "norm_obs_keys"})
@@ -273,16 +281,14 @@ def _noise_type(value: Any) -> str | None:
 
 
 def _max_grad_norms(value: Any) -> dict[str, float | None]:
+    """The groups given, checked by :func:`sb3_av.grad_clip.validate_max_grad_norms` (the algorithms' own check)."""
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of group -> max norm or null, groups {list(GRAD_GROUPS)}, got {value!r}")
-    result: dict[str, float | None] = {}
-    for group, norm in value.items():
-        if group not in GRAD_GROUPS:
-            raise ValueError(f"unknown gradient group {group!r}; valid groups are {list(GRAD_GROUPS)}")
-        if norm is not None and not (_is_number(norm) and norm > 0):
-            raise ValueError(f"{group}: expected a number > 0 or null (measure only), got {norm!r}")
-        result[group] = None if norm is None else float(norm)
-    return result
+        raise ValueError(f"expected a mapping of group -> max norm or null, groups {list(GROUP_NAMES)}, got {value!r}")
+    try:
+        checked = validate_max_grad_norms(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (null in YAML: measure only)") from None
+    return {group: checked[group] for group in GROUP_NAMES if group in value}
 
 
 def _normalize(value: Any) -> bool | dict[str, Any]:
@@ -302,13 +308,18 @@ def _mapping(value: Any) -> dict[str, Any]:
     raise ValueError(f"expected a mapping (e.g. {{key: value}}), got {value!r}")
 
 
-def _named_entries(value: Any, registry: Mapping[str, Any], what: str) -> list[Any]:
-    """Check a name, a ``{name: kwargs}`` or a list of them against an explicit registry."""
+def _named_entries(value: Any, registry: Mapping[str, Any], what: str, rejected: Mapping[str, str] | None = None) -> list[Any]:
+    """Check a name, a ``{name: kwargs}`` or a list of them against an explicit registry.
+
+    :param rejected: names refused with a reason (known to rl-zoo users, but not usable here).
+    """
     if value is None:
         return []
     entries = value if isinstance(value, list) else [value]
     for entry in entries:
         name, kwargs = _split_entry(entry)
+        if rejected and name in rejected:
+            raise ValueError(f"{what} {name!r} is not supported: {rejected[name]}")
         if name not in registry:
             raise ValueError(f"unknown {what} {name!r}; known: {sorted(registry)}")
         if not isinstance(kwargs, dict):
@@ -347,7 +358,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "policy_kwargs": _mapping,
     "replay_buffer_kwargs": _mapping,
     "replay_buffer_class": lambda v: _named_entries(v, REPLAY_BUFFERS, "replay buffer")[0],
-    "env_wrapper": lambda v: _named_entries(v, ENV_WRAPPERS, "env wrapper"),
+    "env_wrapper": lambda v: _named_entries(v, ENV_WRAPPERS, "env wrapper", _REJECTED_WRAPPERS),
     "callback": lambda v: _named_entries(v, CALLBACKS, "callback"),
 }
 

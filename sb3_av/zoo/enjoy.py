@@ -97,14 +97,24 @@ def _env_kwargs(items: list[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run; print the metrics table.
 
-    :return: 0, or 2 with a one-line message on stderr for a user error.
+    :return: 0; 2 with a one-line message on stderr for a user error or any other failure (a corrupt model file,
+        a lost simulator, a missing package); 130 after Ctrl-C.
     """
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        print("enjoy.py: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, ConfigError) as exc:
-        print(f"enjoy.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except Exception as exc:  # a corrupt model, the simulator, an import: one line, not a traceback
+        return _fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _fail(message: str) -> int:
+    print(f"enjoy.py: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ from sb3_av.zoo.config import (
     select_env_block,
     validate_hyperparams,
 )
-from sb3_av.zoo.samplers import CLIP_GROUPS, SAMPLERS, convert_params
+from sb3_av.zoo.samplers import SAMPLERS, convert_params, tunable_clip_groups
 
 __all__ = ["DEFAULT_CONFIG_DIR", "DrivingExperimentManager", "TrainError", "normalize_storage_url"]
 
@@ -112,6 +112,8 @@ class DrivingExperimentManager(ExperimentManager):
         self._callback_entries: list[Any] = []
         self._config_where = self.config
         self.checkpoint_callback: InterruptibleCheckpointCallback | None = None
+        #: The evaluation env of ``--eval-freq`` (closed by :meth:`learn`, or when the setup fails).
+        self.eval_env: VecEnv | None = None
         #: ``"SIGINT"``/``"SIGTERM"`` when the last :meth:`learn` was interrupted, else None.
         self.interrupted_by: str | None = None
 
@@ -128,23 +130,30 @@ class DrivingExperimentManager(ExperimentManager):
         if not self.optimize_hyperparameters:  # tuning writes its report, not a run folder (rl-zoo leaves an empty one)
             self.create_log_folder()
         self.create_callbacks()
-        env = self.create_envs(1 if self.optimize_hyperparameters else self.n_envs, no_log=self.optimize_hyperparameters)
-        self._hyperparams = self._preprocess_action_noise(hyperparams, saved_hyperparams, env)
-        if self.continue_training:
-            model = self._load_pretrained_agent(self._hyperparams, env)
-        elif self.optimize_hyperparameters:
-            env.close()
-            return None
-        else:
-            model = self.algo_class(
-                env=env,
-                tensorboard_log=self.tensorboard_log,
-                seed=self.seed,
-                verbose=self.verbose,
-                device=self.device,
-                **self._hyperparams,
-            )
-        self._save_config(saved_hyperparams)
+        env: VecEnv | None = None
+        try:
+            env = self.create_envs(1 if self.optimize_hyperparameters else self.n_envs, no_log=self.optimize_hyperparameters)
+            self._hyperparams = self._preprocess_action_noise(hyperparams, saved_hyperparams, env)
+            if self.continue_training:
+                model = self._load_pretrained_agent(self._hyperparams, env)
+            elif self.optimize_hyperparameters:
+                env.close()
+                return None
+            else:
+                model = self.algo_class(
+                    env=env,
+                    tensorboard_log=self.tensorboard_log,
+                    seed=self.seed,
+                    verbose=self.verbose,
+                    device=self.device,
+                    **self._hyperparams,
+                )
+            self._save_config(saved_hyperparams)
+        except BaseException:  # also Ctrl-C during a slow simulator start: release what was claimed
+            for claimed in (env, self.eval_env):
+                _close_quietly(claimed, "an env after the setup failed")
+            self.eval_env = None
+            raise
         return model, saved_hyperparams
 
     # ------------------------------------------------------------------------------------------ config
@@ -257,9 +266,10 @@ class DrivingExperimentManager(ExperimentManager):
             self.eval_freq = max(self.eval_freq // self.n_envs, 1)
             if self.verbose > 0:
                 print("Creating test environment")
+            self.eval_env = self.create_envs(self.n_eval_envs, eval_env=True)
             self.callbacks.append(
                 DrivingEvalCallback(
-                    self.create_envs(self.n_eval_envs, eval_env=True),
+                    self.eval_env,
                     callback_on_new_best=SaveVecNormalizeCallback(save_freq=1, save_path=self.params_path),
                     best_model_save_path=self.save_path,
                     n_eval_episodes=self.n_eval_episodes,
@@ -296,7 +306,9 @@ class DrivingExperimentManager(ExperimentManager):
         if self.continue_training:
             total = self.n_timesteps - model.num_timesteps
             if total <= 0:
-                model.env.close()  # type: ignore[union-attr]
+                _close_quietly(model.env, "the training env")
+                _close_quietly(self.eval_env, "the evaluation env")
+                self.eval_env = None
                 raise TrainError(
                     f"the model of -i is at step {model.num_timesteps}, already >= the run's budget {self.n_timesteps}; "
                     "pass a larger -n (the total number of steps of the run)"
@@ -318,11 +330,16 @@ class DrivingExperimentManager(ExperimentManager):
             where = f"; the model so far is saved as {saved}: resume with -i {self.save_path}" if saved else ""
             raise TrainError(f"{type(exc).__name__}: {exc} (training stopped at step {model.num_timesteps}{where})") from exc
         finally:
+            # rl-zoo's cleanup: close a progress bar that an interrupt or a crash left open (SB3 closes it only
+            # when learn() returns), then release the envs (on CARLA: actors, sync mode, Traffic Manager port).
+            for callback in self.callbacks:
+                pbar = getattr(callback, "pbar", None) if isinstance(callback, ProgressBarCallback) else None
+                if pbar is not None and not pbar.disable:  # open: started, not closed by SB3's on_training_end
+                    callback.on_training_end()
             model.logger.close()
-            try:
-                model.env.close()  # type: ignore[union-attr]
-            except (EOFError, RuntimeError, OSError) as exc:
-                logger.warning("closing the training env failed: %s", exc)
+            _close_quietly(model.env, "the training env")
+            _close_quietly(self.eval_env, "the evaluation env")
+            self.eval_env = None
         if self.checkpoint_callback is not None and self.checkpoint_callback.interrupted_by is not None:
             self.interrupted_by = self.checkpoint_callback.interrupted_by
         if self.interrupted_by is not None:
@@ -450,12 +467,11 @@ class DrivingExperimentManager(ExperimentManager):
         return float(eval_callback.last_mean_reward)
 
     def _tunable_clip_groups(self) -> tuple[str, ...]:
-        """CNN groups the policy has: none for an MLP policy, no ``actor_cnn`` with a shared (critic-trained) encoder."""
-        if self._hyperparams.get("policy") == "MlpPolicy":
-            return ()
-        if self._hyperparams.get("policy_kwargs", {}).get("share_features_extractor", False):
-            return ("critic_cnn",)
-        return CLIP_GROUPS
+        """The CNN groups the configured policy has (see :func:`~sb3_av.zoo.samplers.tunable_clip_groups`)."""
+        policy_kwargs = self._hyperparams.get("policy_kwargs") or {}
+        return tunable_clip_groups(
+            self.algo, self._hyperparams.get("policy"), bool(policy_kwargs.get("share_features_extractor", False))
+        )
 
     def hyperparameters_optimization(self) -> None:
         """rl-zoo's study loop, after creating the storage's tables with retries (workers start together)."""
@@ -497,6 +513,16 @@ def _init_rdb_storage(url: str, attempts: int = 5) -> None:
 def _redact(url: str) -> str:
     """The URL without its password."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _close_quietly(env: Any, what: str) -> None:
+    """Close an env (None: nothing); a failure (a dead simulator, a closed pipe) is a warning, never an exception."""
+    if env is None:
+        return
+    try:
+        env.close()
+    except Exception as exc:
+        logger.warning("closing %s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 def _plain(value: Any) -> Any:

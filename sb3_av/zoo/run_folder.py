@@ -84,12 +84,35 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     """Read ``<env id>/args.yml`` and ``config.yml`` of a run folder.
 
     :raises FileNotFoundError: when they are missing (not a folder written by ``train.py``).
+    :raises ValueError: when a file is not YAML, not a mapping, or ``args.yml`` lacks ``algo`` or ``env``.
     """
     run_dir = Path(run_dir)
     args_files = sorted(run_dir.glob("*/args.yml"))
     if not args_files:
         raise FileNotFoundError(f"{run_dir}: no <env id>/args.yml; is it a run folder written by train.py?")
-    args = yaml.safe_load(args_files[0].read_text()) or {}
+    args = _read_mapping(args_files[0])
+    missing = [key for key in ("algo", "env") if not args.get(key)]
+    if missing:
+        raise ValueError(
+            f"{args_files[0]}: no {' and no '.join(repr(key) for key in missing)} entry; "
+            "it is not the args.yml of a train.py run (or was edited)"
+        )
     config_file = args_files[0].with_name("config.yml")
-    hyperparams = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    return RunInfo(algo=str(args["algo"]), env_id=str(args["env"]), hyperparams=hyperparams or {}, args=args)
+    hyperparams = _read_mapping(config_file) if config_file.is_file() else {}
+    return RunInfo(algo=str(args["algo"]), env_id=str(args["env"]), hyperparams=hyperparams, args=args)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file: an empty one).
+
+    :raises ValueError: naming the file, for broken YAML or another structure.
+    """
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(content).__name__}")
+    return content

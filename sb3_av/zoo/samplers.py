@@ -5,8 +5,9 @@ like the YAML). The same converter reads a finished trial back (``--trial-id``).
 return only the keys they tune: ``policy_kwargs`` and ``max_grad_norms`` hold just the tuned entries, and the
 trainer merges them *into* the YAML's (rl-zoo replaces the YAML's ``policy_kwargs`` wholesale: its issue #431).
 
-The clip norms of ``clip_groups`` (default: the two CNN groups; the trainer leaves out groups the policy does not
-have, e.g. both CNN groups of an ``MlpPolicy``) are tuned on a log scale; the other groups keep the YAML's values.
+The clip norms of ``clip_groups`` (default: the two CNN groups; the trainer passes
+:func:`tunable_clip_groups`, which leaves out the groups the policy does not have) are tuned on a log scale; the
+other groups keep the YAML's values.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from typing import Any
 
 import optuna
 
+from sb3_av.grad_clip import GROUP_NAMES
+
 __all__ = [
     "CLIP_GROUPS",
     "NET_ARCHS",
     "SAMPLERS",
+    "SHARED_ENCODER_GROUP",
     "convert_params",
     "sample_ddpg_params",
     "sample_sac_params",
     "sample_td3_params",
     "sample_tqc_params",
+    "tunable_clip_groups",
 ]
 
 #: ``net_arch`` choices (hidden layers of the actor and the critic heads, after the features extractor).
@@ -36,6 +41,33 @@ CLIP_NORM_RANGE: tuple[float, float] = (0.1, 100.0)
 
 #: Groups whose clip norm is tuned by default (the MLP groups keep the YAML's values).
 CLIP_GROUPS: tuple[str, ...] = ("actor_cnn", "critic_cnn")
+
+#: ``--algo`` -> the group of the one features extractor with ``share_features_extractor=True``: the group of the
+#: network whose optimizer trains it (:func:`sb3_av.clipping.network_groups`). sb3-av's TD3/DDPG policy
+#: (:mod:`sb3_av.td3.policies`) trains the shared encoder with the critic's loss only (DrQ-v2); SB3's SAC and TQC
+#: policies put it in the actor's optimizer and leave it out of the critic's.
+SHARED_ENCODER_GROUP: dict[str, str] = {"td3": "critic_cnn", "ddpg": "critic_cnn", "sac": "actor_cnn", "tqc": "actor_cnn"}
+
+
+def tunable_clip_groups(algo: str, policy: str | None, share_features_extractor: bool) -> tuple[str, ...]:
+    """The CNN groups whose clip norm can be tuned: those that have parameters in the algorithm's policy.
+
+    A norm sampled for a group without parameters makes the model's constructor raise ``ValueError``, which the
+    tuner counts as a pruned trial: every trial would be pruned.
+
+    :param algo: ``--algo`` name (a key of :data:`SHARED_ENCODER_GROUP`).
+    :param policy: policy name of the config; ``MlpPolicy`` has no CNN (its features extractor has no parameters).
+    :param share_features_extractor: the policy's ``share_features_extractor``.
+    :return: a sub-tuple of :data:`CLIP_GROUPS`.
+    :raises KeyError: for an unknown ``algo``.
+    """
+    if algo not in SHARED_ENCODER_GROUP:
+        raise KeyError(f"no tuning rule for algorithm {algo!r}; known: {sorted(SHARED_ENCODER_GROUP)}")
+    if policy == "MlpPolicy":
+        return ()
+    if share_features_extractor:
+        return (SHARED_ENCODER_GROUP[algo],)
+    return CLIP_GROUPS
 
 
 def _suggest_common(trial: optuna.Trial, clip_groups: Sequence[str]) -> None:
@@ -100,8 +132,7 @@ def convert_params(params: dict[str, Any]) -> dict[str, Any]:
         policy_kwargs["n_quantiles"] = p.pop("n_quantiles")
     if policy_kwargs:
         hyperparams["policy_kwargs"] = policy_kwargs
-    groups = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
-    norms = {group: p.pop(f"{group}_max_grad_norm") for group in groups if f"{group}_max_grad_norm" in p}
+    norms = {group: p.pop(f"{group}_max_grad_norm") for group in GROUP_NAMES if f"{group}_max_grad_norm" in p}
     if norms:
         hyperparams["max_grad_norms"] = norms
     hyperparams.update(p)  # learning_rate, tau, noise_type, noise_std, top_quantiles_to_drop_per_net

@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer.
 
     :param argv: arguments without the program name (default: ``sys.argv[1:]``).
-    :return: exit status: 0 done (also after Ctrl-C/SIGTERM, with the model saved), 2 user error.
+    :return: exit status: 0 done (also after Ctrl-C/SIGTERM during training, with the model saved), 2 user error
+        or failure, 130 Ctrl-C outside training (e.g. while a simulator loads its town; nothing is saved).
     """
     parser = build_parser()
     try:
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        print("train.py: interrupted (Ctrl-C) outside training; no model saved", file=sys.stderr)
+        return 130
     except (ConfigError, TrainError) as exc:
         return _fail(exc)
     except Exception as exc:
