@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import socket
 import subprocess
 import sys
@@ -53,9 +54,15 @@ def _own(server: cs.StandinServer, backend: CarlaBackend) -> list:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A closed port whose Traffic Manager port (+6000) is valid too: the OS's ephemeral ports can be above 59535."""
+    for port in random.Random().sample(range(20000, 40000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..40000")
 
 
 # ---------------------------------------------------------------------------------------------- fidelity
