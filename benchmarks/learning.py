@@ -1,0 +1,397 @@
+"""Proof of learning: sb3-av's recommended TD3 vs SB3's default TD3 vs the PID baseline, same env-step budget.
+
+Each learned configuration trains on ``--env`` (default ``LiteScenario0-v0``) for ``--budget`` environment steps,
+once per seed, then is evaluated deterministically on ``--eval-episodes`` episodes whose seeds (10000, 10001, ...)
+differ from every training seed. Learning curves come from a deterministic evaluation of ``--curve-episodes``
+episodes (seeds 20000, ...) every ``--curve-every`` steps. The PID + pure-pursuit baseline is evaluated on the same
+episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.png`` (curves).
+
+- ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`): one
+  critic-trained encoder (DrQ-v2 style), bfloat16 + channels-last convolutions, critic-CNN clipping, the
+  frame-stack replay buffer, rewards scaled by 0.1 for training, Gaussian action noise (sigma 0.2), tau 0.01,
+  lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns are options
+  (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in this short budget both slowed learning.
+- ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
+  net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
+  budget (it never fills further).
+- ``pid``: :class:`~sb3_av.baselines.PIDPurePursuit`.
+
+Both learned configurations share ``--train-freq`` / ``--gradient-steps`` / ``--batch-size``: the compute budget.
+SB3's default of one gradient step of batch 256 per env step does not fit the time of this benchmark on a
+2-core CPU, so the README's run uses one gradient step of batch 64 every 2 env steps for both.
+
+    python benchmarks/learning.py --budget 10000 --train-freq 2 --batch-size 64 --seeds 0 1 2 --eval-episodes 20 \
+        --curve-every 1250 --curve-episodes 4 --jobs 2 --threads 1 --out benchmarks/results/learning_lite0.json
+    python benchmarks/learning.py --tiny --budget 300 --seeds 0 --out /tmp/learning_tiny.json   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3 import TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.noise import NormalActionNoise
+
+import sb3_av  # noqa: F401  (registers the env ids)
+from sb3_av.baselines import PIDPurePursuit
+from sb3_av.buffers import FrameStackDictReplayBuffer
+from sb3_av.evaluation import evaluate
+from sb3_av.td3 import ClippedTD3
+
+__all__ = ["CONFIGS", "RECOMMENDED", "main", "run_benchmark"]
+
+EVAL_SEED = 10_000  # final evaluation: episode i uses EVAL_SEED + i
+CURVE_SEED = 20_000  # learning-curve evaluations
+TINY_ENV_KWARGS: dict[str, Any] = {"max_steps": 120}
+
+#: sb3-av's recommended TD3 settings for pixel-based driving (the ``sb3av`` configuration).
+RECOMMENDED: dict[str, Any] = {
+    "learning_rate": 3e-4,
+    "batch_size": 64,
+    "learning_starts": 1000,
+    "tau": 0.01,
+    "gamma": 0.99,
+    "n_steps": 1,
+    "action_noise_sigma": 0.2,
+    "reward_scale": 0.1,
+    "image_augmentation": None,
+    "augmentation_pad": 4,
+    "max_grad_norms": {"critic_cnn": 10.0},
+    "policy_kwargs": {
+        "share_features_extractor": True,
+        "net_arch": [256, 256],
+        "features_extractor_kwargs": {
+            "cnn_output_dim": 256,
+            "vector_output_dim": 64,
+            "cnn_dtype": "bfloat16",
+            "channels_last": True,
+        },
+    },
+}
+
+_TINY_POLICY = {"net_arch": [16]}
+
+
+def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD3:
+    r = {**RECOMMENDED, **args.overrides}
+    policy_kwargs = json.loads(json.dumps(r["policy_kwargs"]))
+    batch_size = args.batch_size or r["batch_size"]
+    if args.tiny:
+        policy_kwargs.update(_TINY_POLICY)
+        policy_kwargs["features_extractor_kwargs"].update(cnn_output_dim=16, vector_output_dim=8)
+        batch_size = 16
+    n_actions = int(np.prod(env.action_space.shape or (1,)))
+    noise = NormalActionNoise(np.zeros(n_actions), r["action_noise_sigma"] * np.ones(n_actions))
+    if r["reward_scale"] != 1.0:  # the Monitor inside still records the env's own returns
+        scale = float(r["reward_scale"])
+        env = gym.wrappers.TransformReward(env, lambda reward: scale * float(reward))
+    return ClippedTD3(
+        "MultiInputPolicy",
+        env,
+        learning_rate=r["learning_rate"],
+        buffer_size=args.budget,
+        learning_starts=min(r["learning_starts"], args.budget // 3),
+        batch_size=batch_size,
+        tau=r["tau"],
+        gamma=r["gamma"],
+        train_freq=args.train_freq,
+        gradient_steps=args.gradient_steps,
+        action_noise=noise,
+        replay_buffer_class=FrameStackDictReplayBuffer,
+        replay_buffer_kwargs={"n_steps": r["n_steps"], "gamma": r["gamma"]} if r["n_steps"] > 1 else None,
+        max_grad_norms=r["max_grad_norms"],
+        image_augmentation=r["image_augmentation"],
+        augmentation_pad=r["augmentation_pad"],
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device="cpu",
+    )
+
+
+def _sb3_default(env: gym.Env, seed: int, args: argparse.Namespace) -> TD3:
+    kwargs: dict[str, Any] = {"batch_size": args.batch_size} if args.batch_size else {}
+    if args.tiny:
+        kwargs = {"policy_kwargs": {**_TINY_POLICY, "features_extractor_kwargs": {"cnn_output_dim": 16}}, "batch_size": 16}
+    return TD3(
+        "MultiInputPolicy",
+        env,
+        buffer_size=args.budget,
+        train_freq=args.train_freq,
+        gradient_steps=args.gradient_steps,
+        seed=seed,
+        device="cpu",
+        **kwargs,
+    )
+
+
+#: configuration name -> (description, model factory or None for the PID baseline).
+CONFIGS: dict[str, tuple[str, Callable[[gym.Env, int, argparse.Namespace], Any] | None]] = {
+    "sb3av": ("sb3-av recommended TD3", _recommended),
+    "sb3_default": ("SB3 TD3, default settings", _sb3_default),
+    "pid": ("PID + pure pursuit (no learning)", None),
+}
+
+
+class _CurveCallback(BaseCallback):
+    """Every ``every`` env steps, evaluate deterministically; also keep each training episode's outcome."""
+
+    def __init__(self, eval_env: gym.Env, every: int, n_episodes: int) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+        self.every = every
+        self.n_episodes = n_episodes
+        self.eval_points: list[dict[str, float]] = []
+        self.train_episodes: list[list[float]] = []  # [env step, return, route completion, success]
+        self.eval_time_s = 0.0
+
+    def _evaluate(self) -> None:
+        start = time.perf_counter()
+        m = evaluate(self.model, self.eval_env, self.n_episodes, seed=CURVE_SEED)
+        self.eval_time_s += time.perf_counter() - start
+        self.eval_points.append(
+            {
+                "step": int(self.num_timesteps),
+                "success_rate": m["success_rate"],
+                "route_completion": m["route_completion"],
+                "return": m["mean_return"],
+            }
+        )
+        recent = self.train_episodes[-10:]
+        train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
+        print(
+            f"  [{time.strftime('%H:%M:%S')}] step {self.num_timesteps}: eval success {m['success_rate']:.2f}, "
+            f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f}; last 10 train episodes success "
+            f"{train_success:.2f} ({len(self.train_episodes)} episodes)",
+            flush=True,
+        )
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "episode" in info:
+                self.train_episodes.append(
+                    [
+                        int(self.num_timesteps),
+                        round(float(info["episode"]["r"]), 2),
+                        round(float(info.get("route_completion", 0.0)), 3),
+                        float(info.get("is_success", False)),
+                    ]
+                )
+        if self.every > 0 and self.num_timesteps % self.every == 0:
+            self._evaluate()
+        return True
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("success_rate", "route_completion", "mean_return", "collisions_per_km", "off_road_rate", "mean_speed_ms")
+    out = {k: metrics[k] for k in keys}
+    out["terminations"] = metrics["terminations"]
+    return out
+
+
+def _make_env(args: argparse.Namespace) -> gym.Env:
+    kwargs: dict[str, Any] = dict(TINY_ENV_KWARGS) if args.tiny else {}
+    return gym.make(args.env, **kwargs)
+
+
+def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    factory = CONFIGS[name][1]
+    if args.threads:
+        th.set_num_threads(args.threads)
+    eval_env = _make_env(args)
+    if factory is None:
+        baseline = PIDPurePursuit.from_env(eval_env)
+        start = time.perf_counter()
+        metrics = evaluate(baseline, eval_env, args.eval_episodes, seed=EVAL_SEED)
+        eval_env.close()
+        return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
+    th.manual_seed(seed)
+    train_env = Monitor(_make_env(args))
+    model = factory(train_env, seed, args)
+    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes)
+    start = time.perf_counter()
+    model.learn(total_timesteps=args.budget, callback=callback)
+    train_time = time.perf_counter() - start - callback.eval_time_s
+    if not callback.eval_points or callback.eval_points[-1]["step"] != args.budget:
+        callback._evaluate()
+    start = time.perf_counter()
+    metrics = evaluate(model, eval_env, args.eval_episodes, seed=EVAL_SEED)
+    eval_time = time.perf_counter() - start
+    train_env.close()
+    eval_env.close()
+    return {
+        "seed": seed,
+        "train_time_s": round(train_time, 1),
+        "eval_time_s": round(eval_time, 1),
+        "gradient_steps": int(model._n_updates),
+        **_summary(metrics),
+        "curve": callback.eval_points,
+        "train_episodes": callback.train_episodes,
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std())
+
+
+def _row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"config": name, "description": CONFIGS[name][0], "seeds": [r["seed"] for r in runs]}
+    for key in ("success_rate", "route_completion", "mean_return", "train_time_s"):
+        row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+    row["runs"] = runs
+    return row
+
+
+def format_table(rows: list[dict[str, Any]], eval_episodes: int) -> str:
+    """The results as a Markdown table (mean ± std over seeds)."""
+    lines = [
+        f"| config | seeds | success rate ({eval_episodes} episodes) | route completion | return | train wall time (min) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        seeds = ", ".join(str(s) for s in row["seeds"]) if row["config"] != "pid" else "- (deterministic)"
+        per_seed = " / ".join(f"{r['success_rate']:.2f}" for r in row["runs"])
+        lines.append(
+            f"| {row['description']} | {seeds} | {row['success_rate_mean']:.2f} ± {row['success_rate_std']:.2f} ({per_seed}) "
+            f"| {row['route_completion_mean']:.3f} ± {row['route_completion_std']:.3f} "
+            f"| {row['mean_return_mean']:.1f} ± {row['mean_return_std']:.1f} "
+            f"| {row['train_time_s_mean'] / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> None:
+    """Success rate and return of the curve evaluations vs env steps; one faint line per seed, bold mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
+    colors = {"sb3av": "tab:blue", "sb3_default": "tab:orange", "pid": "tab:green"}
+    for row in result["rows"]:
+        name, color = row["config"], colors.get(row["config"], "tab:gray")
+        for ax, key, final_key in ((axes[0], "success_rate", "success_rate"), (axes[1], "return", "mean_return")):
+            if name == "pid":
+                ax.axhline(row[f"{final_key}_mean"], color=color, ls="--", label=row["description"])
+                continue
+            curves = [r["curve"] for r in row["runs"] if r.get("curve")]
+            for c in curves:
+                ax.plot([p["step"] for p in c], [p[key] for p in c], color=color, alpha=0.3, lw=1)
+            n = min(len(c) for c in curves)
+            steps = [p["step"] for p in curves[0][:n]]
+            mean = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0)
+            ax.plot(steps, mean, color=color, lw=2, label=f"{row['description']} (mean of {len(curves)} seeds)")
+    axes[0].set_ylabel(f"success rate ({result['settings']['curve_episodes']} eval episodes)")
+    axes[1].set_ylabel("episode return")
+    for ax in axes:
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{result['settings']['env']}: learning curves (deterministic evaluation)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate every configuration of ``args.configs`` for every seed; write JSON (+ PNG)."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    result: dict[str, Any] = {
+        "settings": settings,
+        "recommended": RECOMMENDED,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": th.__version__},
+        "rows": [],
+    }
+    total_start = time.perf_counter()
+    tasks = [(name, seed) for name in args.configs for seed in (args.seeds if CONFIGS[name][1] is not None else [0])]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.configs}
+
+    def record(name: str, run: dict[str, Any], seconds: float) -> None:
+        runs[name].append(run)
+        runs[name].sort(key=lambda r: r["seed"])
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name} seed {run['seed']}: success {run['success_rate']:.2f}, "
+            f"route {run['route_completion']:.3f}, return {run['mean_return']:.1f}, "
+            f"train {run['train_time_s']:.0f} s, total {seconds:.0f} s",
+            flush=True,
+        )
+        result["rows"] = [_row(n, runs[n]) for n in args.configs if runs[n]]
+        result["wall_time_s"] = round(time.perf_counter() - total_start, 1)
+        out.write_text(json.dumps(result, indent=1, default=float))
+
+    if args.jobs == 1:
+        for name, seed in tasks:
+            start = time.perf_counter()
+            record(name, _run_one(name, seed, args), time.perf_counter() - start)
+    else:  # one process per run, the costliest (SB3's default) first
+        tasks.sort(key=lambda t: ["sb3_default", "sb3av", "pid"].index(t[0]) if t[0] in CONFIGS else 0)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(_run_one, name, seed, args): name for name, seed in tasks}
+            for future in as_completed(futures):
+                record(futures[future], future.result(), time.perf_counter() - started)
+    plot_curves(result, out.with_suffix(".png"))
+    return result
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="LiteScenario0-v0")
+    parser.add_argument("--budget", type=int, default=10_000, help="environment steps per training run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--eval-episodes", type=int, default=20, help="final evaluation episodes per trained agent")
+    parser.add_argument("--curve-every", type=int, default=1250, help="env steps between curve evaluations (0: none)")
+    parser.add_argument("--curve-episodes", type=int, default=4)
+    parser.add_argument("--train-freq", type=int, default=2, help="env steps between train() calls (both learners)")
+    parser.add_argument("--gradient-steps", type=int, default=1, help="gradient steps per train() call (both learners)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of both learners (default: 64 / SB3's 256)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default: 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--set", dest="overrides", default="{}", type=json.loads, help="JSON overrides of RECOMMENDED, e.g. '{\"n_steps\": 1}'"
+    )
+    parser.add_argument("--tiny", action="store_true", help="smoke test: tiny nets, batch 16, 120-step episodes")
+    parser.add_argument("--out", default="benchmarks/results/learning.json")
+    args = parser.parse_args(argv)
+    unknown = set(args.overrides) - set(RECOMMENDED)
+    if unknown:
+        parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
+    for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.curve_every < 0 or math.isnan(args.curve_every):
+        parser.error("--curve-every must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry: run the benchmark, print the Markdown table, return the result dict."""
+    args = _parse(argv)
+    result = run_benchmark(args)
+    print(format_table(result["rows"], args.eval_episodes))
+    print(f"\nwall time {result['wall_time_s'] / 60:.1f} min; curves: {Path(args.out).with_suffix('.png')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Smoke test of benchmarks/learning.py: the whole code path (train, curves, evaluation, JSON, PNG) on a tiny budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+
+
+@pytest.fixture(scope="module")
+def learning():
+    spec = importlib.util.spec_from_file_location("learning_benchmark", _SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_three_rows_curves_and_png(learning, tmp_path, capsys):
+    out = tmp_path / "learning.json"
+    argv = ["--tiny", "--budget", "300", "--seeds", "0", "--eval-episodes", "2", "--curve-every", "150"]
+    argv += ["--curve-episodes", "1", "--train-freq", "4", "--out", str(out)]
+    learning.main(argv)
+    result = json.loads(out.read_text())
+    rows = {row["config"]: row for row in result["rows"]}
+    assert list(rows) == ["sb3av", "sb3_default", "pid"]
+    assert result["settings"]["budget"] == 300
+    for name, row in rows.items():
+        assert 0.0 <= row["success_rate_mean"] <= 1.0
+        assert 0.0 <= row["route_completion_mean"] <= 1.0
+        assert math.isfinite(row["mean_return_mean"])
+        assert row["success_rate_std"] == 0.0  # one seed
+        (run,) = row["runs"]
+        assert run["seed"] == 0
+        if name == "pid":
+            continue
+        # learning_starts = 100 of 300 steps, train_freq 4: 50 train() calls of one gradient step each
+        assert run["gradient_steps"] == 50
+        assert [p["step"] for p in run["curve"]] == [150, 300]
+        assert run["train_episodes"], "training episodes of at most 120 steps must have ended within 300 steps"
+        assert all(0 <= e[0] <= 300 and 0.0 <= e[2] <= 1.0 for e in run["train_episodes"])
+        assert run["train_time_s"] > 0
+    # 120-step episodes at 8 m/s cannot complete a 250 m route; the PID covers a good part of it
+    assert rows["pid"]["success_rate_mean"] == 0.0
+    assert 0.05 < rows["pid"]["route_completion_mean"] < 0.5
+    png = out.with_suffix(".png")
+    assert png.stat().st_size > 10_000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| SB3 TD3, default settings | 0 |" in table
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", '{"no_such_key": 1}'], "unknown keys"),
+        (["--budget", "0"], "--budget must be >= 1"),
+        (["--configs", "ppo"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        learning.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
