@@ -10,6 +10,7 @@ Checks, per TensorBoard run (each folder holding ``events.out.tfevents.*`` files
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ def find_event_dirs(run_dir: Path) -> list[Path]:
 
 def _load_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines ("No path found after ...") are noise
 
     accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
