@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_av._checks import is_finite_number, is_int
 from sb3_av.envs.backend import DrivingBackend, Frame
 from sb3_av.envs.route import Projection, Route, wrap_angle
 from sb3_av.envs.scenarios import RewardWeights, Scenario, get_scenario
@@ -91,21 +92,21 @@ class EnvConfig:
     def __post_init__(self) -> None:
         for name in self._POSITIVE_INT:
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"Env kwarg {name} must be a positive integer, got {value!r}")
         if self.camera_size < 16:
             raise ValueError(f"Env kwarg camera_size must be >= 16 pixels, got {self.camera_size}")
         for name in self._POSITIVE_FLOAT:
             value = getattr(self, name)
-            if not _is_number(value) or not value > 0 or not math.isfinite(value):
+            if not is_finite_number(value) or not value > 0:
                 raise ValueError(f"Env kwarg {name} must be a finite number > 0, got {value!r}")
         for name in ("idle_grace_s", "off_road_margin_m", *(f"reward_{t}" for t in RewardWeights.names())):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not is_finite_number(value) or value < 0:
                 raise ValueError(f"Env kwarg {name} must be a finite number >= 0, got {value!r}")
-        if not _is_int(self.npc_vehicles) or self.npc_vehicles < 0:
+        if not is_int(self.npc_vehicles) or self.npc_vehicles < 0:
             raise ValueError(f"Env kwarg npc_vehicles must be an integer >= 0, got {self.npc_vehicles!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise ValueError(f"Env kwarg seed must be None or an integer >= 0, got {self.seed!r}")
         if self.render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {self.render_mode!r}")
@@ -135,14 +136,6 @@ class EnvConfig:
     def reward_weights(self) -> RewardWeights:
         """The reward weights as a :class:`RewardWeights`."""
         return RewardWeights(**{k: getattr(self, f"reward_{k}") for k in RewardWeights.names()})
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 def vector_feature_names(n_route_points: int = 10) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
 
+from sb3_av._checks import is_finite_number
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 
 __all__ = [
@@ -231,31 +231,27 @@ def select_env_block(content: Mapping[str, Any], env_id: str, where: str) -> tup
 # ------------------------------------------------------------------------------------------------- validation
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive_int(value: Any, *, allow: tuple[int, ...] = (), minimum: int = 1) -> int:
-    if _is_number(value) and float(value).is_integer() and (int(value) >= minimum or int(value) in allow):
+    if is_finite_number(value) and float(value).is_integer() and (int(value) >= minimum or int(value) in allow):
         return int(value)
     extra = f" (or {', '.join(map(str, allow))})" if allow else ""
     raise ValueError(f"expected an integer >= {minimum}{extra}, got {value!r}")
 
 
 def _unit_interval(value: Any) -> float:
-    if _is_number(value) and 0 < value <= 1:
+    if is_finite_number(value) and 0 < value <= 1:
         return float(value)
     raise ValueError(f"expected a number in (0, 1], got {value!r}")
 
 
 def _non_negative(value: Any) -> float:
-    if _is_number(value) and value >= 0:
+    if is_finite_number(value) and value >= 0:
         return float(value)
     raise ValueError(f"expected a number >= 0, got {value!r}")
 
 
 def _learning_rate(value: Any) -> float | str:
-    if _is_number(value) and value > 0:
+    if is_finite_number(value) and value > 0:
         return float(value)
     if isinstance(value, str) and value.startswith("lin_"):
         try:
@@ -388,10 +384,10 @@ def _check_by_default(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
     elif isinstance(default, int) and default is not None:
-        if not (_is_number(value) and float(value).is_integer()):
+        if not (is_finite_number(value) and float(value).is_integer()):
             raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
-    elif isinstance(default, float) and not _is_number(value) and not isinstance(value, str):
+    elif isinstance(default, float) and not is_finite_number(value) and not isinstance(value, str):
         raise ValueError(f"expected a number, got {value!r}")
     return value
 
@@ -449,7 +445,8 @@ def _check_policy_kwargs(kwargs: dict[str, Any], algo_cls: type[BaseAlgorithm], 
         arch = kwargs["net_arch"]
         lists = list(arch.values()) if isinstance(arch, dict) else [arch]
         if not all(
-            isinstance(lst, list) and all(_is_number(n) and n >= 1 and float(n).is_integer() for n in lst) for lst in lists
+            isinstance(lst, list) and all(is_finite_number(n) and n >= 1 and float(n).is_integer() for n in lst)
+            for lst in lists
         ):
             raise ValueError(f"net_arch: expected a list of layer sizes or {{pi: [...], qf: [...]}}, got {arch!r}")
     for key in ("features_extractor_kwargs", "optimizer_kwargs"):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from sb3_av._checks import is_finite_number, is_int
 
 __all__ = ["TM_PORT_OFFSET", "CarlaConfig", "parse_server", "server_for_rank"]
 
@@ -44,14 +44,6 @@ def server_for_rank(servers: list[str], rank: int) -> tuple[str, int, int | None
     if not servers:
         raise ValueError("servers must list at least one 'host:port'")
     return parse_server(servers[rank % len(servers)])
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -175,7 +167,7 @@ def _check_servers(cfg: CarlaConfig) -> None:
         value = getattr(cfg, name)
         if value is None and name == "tm_port":
             continue
-        if not _is_int(value) or not 0 < value < 65536:
+        if not is_int(value) or not 0 < value < 65536:
             raise ValueError(f"{name} must be an integer port in 1..65535, got {value!r}")
     if cfg.servers is not None:
         if isinstance(cfg.servers, str) or not isinstance(cfg.servers, list | tuple) or not cfg.servers:
@@ -190,21 +182,21 @@ def _check_servers(cfg: CarlaConfig) -> None:
 def _check_numbers(cfg: CarlaConfig) -> None:
     for name in _POSITIVE:
         value = getattr(cfg, name)
-        if not _is_number(value) or value <= 0:
+        if not is_finite_number(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     for name in ("reconnect_backoff_s", "npc_min_distance_m", "tm_distance_to_leading_m"):
         value = getattr(cfg, name)
-        if not _is_number(value) or value < 0:
+        if not is_finite_number(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if cfg.rank is not None and (not _is_int(cfg.rank) or cfg.rank < 0):
+    if cfg.rank is not None and (not is_int(cfg.rank) or cfg.rank < 0):
         raise ValueError(f"rank must be None or an integer >= 0, got {cfg.rank!r}")
     for name in ("max_reconnects", "npc_vehicles", "route_start_index"):
         value = getattr(cfg, name)
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    if not _is_int(cfg.camera_size) or cfg.camera_size < 16:
+    if not is_int(cfg.camera_size) or cfg.camera_size < 16:
         raise ValueError(f"camera_size must be an integer >= 16 pixels, got {cfg.camera_size!r}")
-    if cfg.seed is not None and (not _is_int(cfg.seed) or cfg.seed < 0):
+    if cfg.seed is not None and (not is_int(cfg.seed) or cfg.seed < 0):
         raise ValueError(f"seed must be None or an integer >= 0, got {cfg.seed!r}")
     if cfg.dt > 0.1:
         raise ValueError(f"dt must be <= 0.1 s (CARLA's physics is unreliable below 10 Hz), got {cfg.dt}")
