@@ -50,6 +50,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
+from sb3_av.envs.wrappers import OverspeedPenalty, ScaleReward
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 
@@ -69,6 +70,8 @@ RECOMMENDED: dict[str, Any] = {
     "n_steps": 1,
     "action_noise_sigma": 0.2,
     "reward_scale": 0.1,
+    "env_kwargs": {},
+    "overspeed_penalty": 0.0,
     "image_augmentation": None,
     "augmentation_pad": 4,
     "max_grad_norms": {"critic_cnn": 10.0},
@@ -98,8 +101,7 @@ def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD
     n_actions = int(np.prod(env.action_space.shape or (1,)))
     noise = NormalActionNoise(np.zeros(n_actions), r["action_noise_sigma"] * np.ones(n_actions))
     if r["reward_scale"] != 1.0:  # the Monitor inside still records the env's own returns
-        scale = float(r["reward_scale"])
-        env = gym.wrappers.TransformReward(env, lambda reward: scale * float(reward))
+        env = ScaleReward(env, float(r["reward_scale"]))
     return ClippedTD3(
         "MultiInputPolicy",
         env,
@@ -203,9 +205,9 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _make_env(args: argparse.Namespace) -> gym.Env:
+def _make_env(args: argparse.Namespace, **env_kwargs: Any) -> gym.Env:
     kwargs: dict[str, Any] = dict(TINY_ENV_KWARGS) if args.tiny else {}
-    return gym.make(args.env, **kwargs)
+    return gym.make(args.env, **kwargs, **env_kwargs)
 
 
 def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -220,7 +222,12 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         eval_env.close()
         return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
     th.manual_seed(seed)
-    train_env = Monitor(_make_env(args))
+    # Training-env kwargs (e.g. reward weights) of the recommended config; evaluation always uses the plain env.
+    train_kwargs = {**RECOMMENDED, **args.overrides}["env_kwargs"] if name == "sb3av" else {}
+    train_env = _make_env(args, **train_kwargs)
+    if name == "sb3av" and {**RECOMMENDED, **args.overrides}["overspeed_penalty"] > 0:
+        train_env = OverspeedPenalty(train_env, {**RECOMMENDED, **args.overrides}["overspeed_penalty"])
+    train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes)
     start = time.perf_counter()

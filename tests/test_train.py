@@ -148,8 +148,11 @@ def test_env_wrappers_that_break_the_driving_envs_are_rejected() -> None:
         with pytest.raises(ConfigError) as info:
             validate_hyperparams({**base, "env_wrapper": [{name: {"max_steps": 5}}]}, algo, "cfg [env]")
         assert f"key 'env_wrapper': env wrapper {name!r} is not supported" in str(info.value) and reason in str(info.value)
-    with pytest.raises(ConfigError, match=r"unknown env wrapper 'Nope'; known: \['ClipAction'\]"):
+    known = r"\['ClipAction', 'OverspeedPenalty', 'ScaleReward'\]"
+    with pytest.raises(ConfigError, match=rf"unknown env wrapper 'Nope'; known: {known}"):
         validate_hyperparams({**base, "env_wrapper": "Nope"}, algo, "cfg")
+    with pytest.raises(ConfigError, match=r"env wrapper ScaleReward: got an unexpected keyword argument 'factor'"):
+        validate_hyperparams({**base, "env_wrapper": [{"ScaleReward": {"factor": 0.1}}]}, algo, "cfg")
     checked = validate_hyperparams({**base, "env_wrapper": "ClipAction"}, algo, "cfg")
     wrap = resolve_env_wrapper(checked["env_wrapper"])
     assert wrap is not None

@@ -22,6 +22,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
 
 from sb3_av._checks import is_finite_number
+from sb3_av.envs.wrappers import OverspeedPenalty, ScaleReward
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 
 __all__ = [
@@ -80,6 +81,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: Wrapper names usable in a config's ``env_wrapper:`` entry -> class.
 ENV_WRAPPERS: dict[str, type[gym.Wrapper]] = {
     "ClipAction": gym.wrappers.ClipAction,
+    "OverspeedPenalty": OverspeedPenalty,
+    "ScaleReward": ScaleReward,
 }
 
 #: rl-zoo wrappers a config may name that do not work with the driving envs -> why, and what to do instead.
@@ -323,6 +326,17 @@ def _named_entries(value: Any, registry: Mapping[str, Any], what: str, rejected:
     return list(entries)
 
 
+def _env_wrappers(value: Any) -> list[Any]:
+    """Check ``env_wrapper`` entries: known names, and arguments that the wrapper's constructor accepts."""
+    entries = _named_entries(value, ENV_WRAPPERS, "env wrapper", _REJECTED_WRAPPERS)
+    for name, kwargs in map(_split_entry, entries):
+        try:
+            inspect.signature(ENV_WRAPPERS[name]).bind(None, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"env wrapper {name}: {exc}") from None
+    return entries
+
+
 def _split_entry(entry: Any) -> tuple[str, Any]:
     if isinstance(entry, str):
         return entry, {}
@@ -354,7 +368,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "policy_kwargs": _mapping,
     "replay_buffer_kwargs": _mapping,
     "replay_buffer_class": lambda v: _named_entries(v, REPLAY_BUFFERS, "replay buffer")[0],
-    "env_wrapper": lambda v: _named_entries(v, ENV_WRAPPERS, "env wrapper", _REJECTED_WRAPPERS),
+    "env_wrapper": lambda v: _env_wrappers(v),
     "callback": lambda v: _named_entries(v, CALLBACKS, "callback"),
 }
 

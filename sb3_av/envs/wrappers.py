@@ -1,0 +1,83 @@
+"""Training-time reward wrappers for the driving envs (opt-in; the env contract itself is unchanged).
+
+The contract's ``speed`` term, ``clip(v cos(e) / v_target, -1, 1)``, stops paying at the target speed but never
+charges for going faster, and ``progress`` pays per metre, so a learner that has not yet learned to see and
+brake for the vehicle ahead drives as fast as the car goes (16-17 m/s on the Lite road, twice the 8 m/s
+target) and rear-ends slower traffic. :class:`OverspeedPenalty` adds the missing half of a speed reward that
+peaks at the target speed, as its own named term so that ``info["reward_terms"]`` still sums to the reward.
+:class:`ScaleReward` multiplies the reward (TD3's critic learns faster on rewards of order 0.1 per step).
+
+Evaluate on the plain env: success, route completion and collisions do not depend on the reward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+
+from sb3_av._checks import is_finite_number
+
+__all__ = ["OverspeedPenalty", "ScaleReward"]
+
+
+def _target_speed_ms(env: gym.Env) -> float:
+    config = getattr(env.unwrapped, "config", None)
+    target = getattr(config, "target_speed_ms", None)
+    if target is None:
+        raise TypeError(
+            f"OverspeedPenalty needs a driving env (sb3-av DrivingEnv with config.target_speed_ms), got {env.unwrapped!r}"
+        )
+    return float(target)
+
+
+class OverspeedPenalty(gym.Wrapper):
+    """Charge ``weight * min((v - v_target) / v_target - tolerance, 1)`` per step while faster than the target.
+
+    The term ``overspeed = -clip((v - v_target) / v_target - tolerance, 0, 1)`` is added to the reward and to
+    ``info["reward_terms"]`` (weighted, like the env's own terms), so the terms still sum to the reward.
+    With the default progress weight (1 per metre, 0.05 s steps) a weight above ``0.05 * v_target`` makes the
+    target speed the most rewarding speed; the default 1.0 makes it clearly so.
+
+    :param env: a driving env (its ``unwrapped.config.target_speed_ms`` is the target speed; ``info["speed_ms"]``
+        the speed).
+    :param weight: weight of the term (>= 0).
+    :param tolerance: free margin above the target, as a fraction of it (>= 0).
+    """
+
+    def __init__(self, env: gym.Env, weight: float = 1.0, tolerance: float = 0.1) -> None:
+        super().__init__(env)
+        for name, value in (("weight", weight), ("tolerance", tolerance)):
+            if not is_finite_number(value) or value < 0:
+                raise ValueError(f"OverspeedPenalty {name} must be a finite number >= 0, got {value!r}")
+        self.weight = float(weight)
+        self.tolerance = float(tolerance)
+        self.target_speed_ms = _target_speed_ms(env)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the env and add the weighted ``overspeed`` term to the reward and the reward terms."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        speed = float(info["speed_ms"])
+        excess = (speed - self.target_speed_ms) / self.target_speed_ms - self.tolerance
+        term = -self.weight * min(max(excess, 0.0), 1.0) if math.isfinite(excess) else -self.weight
+        info["reward_terms"] = {**info.get("reward_terms", {}), "overspeed": term}
+        return obs, float(reward) + term, terminated, truncated, info
+
+
+class ScaleReward(gym.RewardWrapper):
+    """Multiply every reward by ``scale`` (a YAML-friendly ``TransformReward``); ``info`` is left as it is.
+
+    :param env: any env.
+    :param scale: the factor (finite, > 0).
+    """
+
+    def __init__(self, env: gym.Env, scale: float = 0.1) -> None:
+        super().__init__(env)
+        if not is_finite_number(scale) or not scale > 0:
+            raise ValueError(f"ScaleReward scale must be a finite number > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def reward(self, reward: SupportsFloat) -> float:
+        """The scaled reward."""
+        return self.scale * float(reward)

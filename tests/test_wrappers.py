@@ -1,0 +1,65 @@
+"""Training-time reward wrappers: the over-speed term and the reward scale, against values computed here."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import sb3_av  # noqa: F401  (registers the env ids)
+from sb3_av.envs.wrappers import OverspeedPenalty, ScaleReward
+
+FULL_THROTTLE = np.array([0.0, 1.0], dtype=np.float32)
+
+
+def _lite(**kwargs: object) -> gym.Env:
+    return gym.make("LiteScenario0-v0", npc_vehicles=0, max_steps=400, **kwargs)
+
+
+def test_overspeed_term_is_zero_up_to_the_tolerance_then_grows_and_the_terms_still_sum_to_the_reward() -> None:
+    weight, tolerance = 0.7, 0.1
+    env = OverspeedPenalty(_lite(), weight=weight, tolerance=tolerance)
+    plain = _lite()
+    env.reset(seed=5)
+    plain.reset(seed=5)
+    target = env.unwrapped.config.target_speed_ms
+    assert target == 8.0
+    seen_free, seen_charged = 0, 0
+    for _ in range(300):
+        _, reward, terminated, truncated, info = env.step(FULL_THROTTLE)
+        _, plain_reward, *_ = plain.step(FULL_THROTTLE)  # same seed, same actions: same trajectory
+        speed = info["speed_ms"]
+        expected = -weight * min(max((speed - target) / target - tolerance, 0.0), 1.0)
+        assert info["reward_terms"]["overspeed"] == pytest.approx(expected, abs=1e-12)
+        assert reward == pytest.approx(plain_reward + expected, abs=1e-9)
+        assert sum(info["reward_terms"].values()) == pytest.approx(reward, abs=1e-9)
+        seen_free += speed <= target * (1 + tolerance)
+        seen_charged += speed > target * (1 + tolerance)
+        if terminated or truncated:
+            break
+    assert seen_free > 10 and seen_charged > 10  # the car accelerated through the target speed
+    assert min(info["reward_terms"]["overspeed"], 0.0) < -0.1 * weight
+    env.close()
+    plain.close()
+
+
+def test_overspeed_penalty_rejects_bad_arguments_and_non_driving_envs() -> None:
+    for kwargs in ({"weight": -1.0}, {"weight": math.nan}, {"tolerance": -0.1}, {"weight": "1"}):
+        with pytest.raises(ValueError, match=r"OverspeedPenalty \w+ must be a finite number >= 0"):
+            OverspeedPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a driving env"):
+        OverspeedPenalty(gym.make("Pendulum-v1"))
+
+
+def test_scale_reward_multiplies_the_reward_and_rejects_bad_scales() -> None:
+    env, plain = ScaleReward(gym.make("Pendulum-v1"), scale=0.1), gym.make("Pendulum-v1")
+    env.reset(seed=1)
+    plain.reset(seed=1)
+    for _ in range(5):
+        action = np.array([0.5], dtype=np.float32)
+        assert env.step(action)[1] == pytest.approx(0.1 * float(plain.step(action)[1]), rel=1e-12)
+    for scale in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="ScaleReward scale must be a finite number > 0"):
+            ScaleReward(gym.make("Pendulum-v1"), scale=scale)
