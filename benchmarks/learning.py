@@ -6,11 +6,13 @@ differ from every training seed. Learning curves come from a deterministic evalu
 episodes (seeds 20000, ...) every ``--curve-every`` steps. The PID + pure-pursuit baseline is evaluated on the same
 episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.png`` (curves).
 
-- ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`): one
-  critic-trained encoder (DrQ-v2 style), bfloat16 + channels-last convolutions, critic-CNN clipping, the
-  frame-stack replay buffer, rewards scaled by 0.1 for training, Gaussian action noise (sigma 0.2), tau 0.01,
-  lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns are options
-  (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in this short budget both slowed learning.
+- ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`, equal to the
+  ``LiteScenario*`` blocks of ``configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 +
+  channels-last convolutions, critic-CNN clipping, the frame-stack replay buffer, a training reward with an
+  over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`, weight 1) scaled by 0.1, Gaussian action
+  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns
+  are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
+  learning. Evaluation always runs on the plain env (success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
   budget (it never fills further).
@@ -20,8 +22,8 @@ Both learned configurations share ``--train-freq`` / ``--gradient-steps`` / ``--
 SB3's default of one gradient step of batch 256 per env step does not fit the time of this benchmark on a
 2-core CPU, so the README's run uses one gradient step of batch 64 every 2 env steps for both.
 
-    python benchmarks/learning.py --budget 10000 --train-freq 2 --batch-size 64 --seeds 0 1 2 --eval-episodes 20 \
-        --curve-every 1250 --curve-episodes 4 --jobs 2 --threads 1 --out benchmarks/results/learning_lite0.json
+    python benchmarks/learning.py --budget 20000 --train-freq 2 --batch-size 64 --seeds 0 1 2 --eval-episodes 20 \
+        --curve-every 2500 --curve-episodes 4 --jobs 2 --threads 1 --out benchmarks/results/learning_lite0.json
     python benchmarks/learning.py --tiny --budget 300 --seeds 0 --out /tmp/learning_tiny.json   # smoke test
 """
 
@@ -71,7 +73,7 @@ RECOMMENDED: dict[str, Any] = {
     "action_noise_sigma": 0.2,
     "reward_scale": 0.1,
     "env_kwargs": {},
-    "overspeed_penalty": 0.0,
+    "overspeed_penalty": 1.0,
     "image_augmentation": None,
     "augmentation_pad": 4,
     "max_grad_norms": {"critic_cnn": 10.0},

@@ -1,0 +1,45 @@
+"""The shipped Lite TD3 config is the configuration the learning benchmark measured (one source of numbers)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from sb3_av.envs import scenario_ids
+from sb3_av.zoo import get_algorithm
+from sb3_av.zoo.config import load_config_file, validate_hyperparams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _learning_benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("env_id", scenario_ids("lite"))
+def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) -> None:
+    bench = _learning_benchmark()
+    recommended = bench.RECOMMENDED
+    block = load_config_file(ROOT / "configs" / "td3.yml")[env_id]
+    checked = validate_hyperparams(block, get_algorithm("td3"), f"td3.yml [{env_id}]")
+    for key in ("learning_rate", "batch_size", "learning_starts", "tau", "gamma", "policy_kwargs"):
+        assert checked[key] == recommended[key], key
+    assert checked["noise_type"] == "normal" and checked["noise_std"] == recommended["action_noise_sigma"]
+    assert {k: v for k, v in checked["max_grad_norms"].items() if v is not None} == recommended["max_grad_norms"]
+    assert checked.get("env_kwargs", {}) == recommended["env_kwargs"]
+    assert checked.get("image_augmentation") == recommended["image_augmentation"]
+    assert "replay_buffer_kwargs" not in checked and recommended["n_steps"] == 1
+    wrappers = [next(iter(entry.items())) for entry in checked["env_wrapper"]]
+    assert wrappers == [
+        ("OverspeedPenalty", {"weight": recommended["overspeed_penalty"]}),
+        ("ScaleReward", {"scale": recommended["reward_scale"]}),
+    ]
+    parser = bench._parse([])  # the benchmark's default compute budget is the config's
+    assert (checked["train_freq"], checked["gradient_steps"]) == (parser.train_freq, parser.gradient_steps)
