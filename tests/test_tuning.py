@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gymnasium import spaces
 
 from sb3_av.clipping import network_groups
 from sb3_av.zoo import ALGO_NAMES, get_algorithm
+from sb3_av.zoo import exp_manager
 from sb3_av.zoo.exp_manager import normalize_storage_url
 from sb3_av.zoo.samplers import tunable_clip_groups
 from sb3_av.zoo.train import main
@@ -156,6 +158,38 @@ def test_failed_trial_is_marked_failed_and_the_study_goes_on(tmp_path: Path, cap
     }
     assert config["batch_size"] == sampled["batch_size"] and config["learning_rate"] == sampled["learning_rate"]
     assert config["noise_type"] == sampled["noise_type"]
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_by_the_next_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies (SIGKILL, lost machine) stops its trial's heartbeat; the next worker fails it and reruns it."""
+    monkeypatch.setattr(exp_manager, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(exp_manager, "HEARTBEAT_GRACE_S", 1)
+    conf = tmp_path / "td3.yml"
+    conf.write_text(
+        yaml.safe_dump(
+            {FLAKY_ID: {"policy": "MlpPolicy", "n_timesteps": 40, "learning_starts": 20, "buffer_size": 200, "batch_size": 8}}
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = exp_manager.make_rdb_storage(url)
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 1)
+    dead = optuna.create_study(storage=storage, study_name="s", direction="maximize").ask()
+    dead.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
+    storage.record_heartbeat(dead._trial_id)  # its worker's last sign of life
+    time.sleep(2.5)  # > grace period, at the 1 s resolution of SQLite timestamps
+    FlakyEnv.failures_left = 0
+    status = main(
+        ["--algo", "td3", "--env", FLAKY_ID, "-conf", str(conf), "-optimize", "--n-trials", "1", "--sampler", "random",
+         "--pruner", "none", "--storage", url, "--study-name", "s", "-n", "40", "--n-evaluations", "1",
+         "--eval-episodes", "1", "--no-optim-plots", "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs")]
+    )  # fmt: skip
+    assert status == 0
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
+    assert trials[1].params["learning_rate"] == dead.params["learning_rate"], "the retry reruns the same parameters"
 
 
 def test_a_study_with_only_failures_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

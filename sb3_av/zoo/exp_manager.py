@@ -20,6 +20,7 @@ What changes, and why (everything else is rl-zoo's code path):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -31,8 +32,10 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import optuna
@@ -61,7 +64,7 @@ from sb3_av.zoo.config import (
 )
 from sb3_av.zoo.samplers import SAMPLERS, convert_params, tunable_clip_groups
 
-__all__ = ["DEFAULT_CONFIG_DIR", "DrivingExperimentManager", "TrainError", "normalize_storage_url"]
+__all__ = ["DEFAULT_CONFIG_DIR", "DrivingExperimentManager", "TrainError", "make_rdb_storage", "normalize_storage_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -474,11 +477,13 @@ class DrivingExperimentManager(ExperimentManager):
         )
 
     def hyperparameters_optimization(self) -> None:
-        """rl-zoo's study loop, after creating the storage's tables with retries (workers start together)."""
-        if self.storage is not None and "://" in self.storage:
-            _init_rdb_storage(self.storage)
+        """rl-zoo's study loop; on a database storage with heartbeats, so that a dead worker's trial is retried."""
         try:
-            super().hyperparameters_optimization()
+            if self.storage is not None and "://" in self.storage:
+                with _studies_on(make_rdb_storage(self.storage)):
+                    super().hyperparameters_optimization()
+            else:
+                super().hyperparameters_optimization()
         except ValueError as exc:  # from study.best_trial: every trial failed or was pruned
             raise TrainError(f"no trial completed (see the failure reasons above): {exc}") from None
 
@@ -498,16 +503,63 @@ def normalize_storage_url(url: str | None) -> str | None:
     return url
 
 
-def _init_rdb_storage(url: str, attempts: int = 5) -> None:
-    """Create optuna's tables once; concurrent ``CREATE TABLE`` from several workers can fail, so retry."""
+#: A running trial writes a heartbeat every HEARTBEAT_INTERVAL_S; one silent for HEARTBEAT_GRACE_S (a worker killed
+#: with SIGKILL, a lost machine) is marked FAILED by the next worker that starts a trial, and enqueued again once.
+HEARTBEAT_INTERVAL_S = 60
+HEARTBEAT_GRACE_S = 300
+MAX_TRIAL_RETRIES = 1
+
+
+def make_rdb_storage(
+    url: str,
+    heartbeat_interval_s: int | None = None,
+    grace_period_s: int | None = None,
+    max_retry: int | None = None,
+    attempts: int = 5,
+) -> optuna.storages.RDBStorage:
+    """Optuna's database storage with trial heartbeats and one retry of a trial whose worker died.
+
+    Creating the tables is retried: workers that start together race on ``CREATE TABLE``.
+
+    :param url: SQLAlchemy URL (``postgresql://...``, ``sqlite:///...``).
+    :param heartbeat_interval_s: seconds between a running trial's heartbeats (default :data:`HEARTBEAT_INTERVAL_S`).
+    :param grace_period_s: a trial without a heartbeat this long is stale, FAILED and retried (:data:`HEARTBEAT_GRACE_S`).
+    :param max_retry: how often a stale trial is enqueued again (default :data:`MAX_TRIAL_RETRIES`).
+    :param attempts: tries to open the storage.
+    :raises TrainError: the storage cannot be opened (the message hides the password).
+    """
     for attempt in range(attempts):
         try:
-            optuna.storages.RDBStorage(url)
-            return
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval_s or HEARTBEAT_INTERVAL_S,
+                grace_period=grace_period_s or HEARTBEAT_GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_TRIAL_RETRIES if max_retry is None else max_retry
+                ),
+            )
         except Exception as exc:
             if attempt == attempts - 1:
                 raise TrainError(f"cannot open the optuna storage {_redact(url)}: {type(exc).__name__}: {exc}") from None
             time.sleep(0.5 + random.random() * 2)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _studies_on(storage: optuna.storages.BaseStorage) -> Iterator[None]:
+    """Make ``optuna.create_study`` use ``storage`` (an object) for the duration.
+
+    rl-zoo's ``hyperparameters_optimization`` hands ``optuna.create_study`` the ``--storage`` URL string, and a
+    URL cannot carry optuna's heartbeat settings; rl-zoo has no hook for a storage object, so it gets one here.
+    """
+    create_study = optuna.create_study
+
+    def create_study_on_storage(*args: Any, **kwargs: Any) -> optuna.Study:
+        kwargs["storage"] = storage
+        return create_study(*args, **kwargs)
+
+    with mock.patch.object(optuna, "create_study", create_study_on_storage):
+        yield
 
 
 def _redact(url: str) -> str:
