@@ -92,8 +92,13 @@ RECOMMENDED: dict[str, Any] = {
 _TINY_POLICY = {"net_arch": [16]}
 
 
+def _recommended_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`RECOMMENDED` with the ``--set`` overrides."""
+    return {**RECOMMENDED, **args.overrides}
+
+
 def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD3:
-    r = {**RECOMMENDED, **args.overrides}
+    r = _recommended_settings(args)
     policy_kwargs = json.loads(json.dumps(r["policy_kwargs"]))
     batch_size = args.batch_size or r["batch_size"]
     if args.tiny:
@@ -224,11 +229,14 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         eval_env.close()
         return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
     th.manual_seed(seed)
-    # Training-env kwargs (e.g. reward weights) of the recommended config; evaluation always uses the plain env.
-    train_kwargs = {**RECOMMENDED, **args.overrides}["env_kwargs"] if name == "sb3av" else {}
-    train_env = _make_env(args, **train_kwargs)
-    if name == "sb3av" and {**RECOMMENDED, **args.overrides}["overspeed_penalty"] > 0:
-        train_env = OverspeedPenalty(train_env, {**RECOMMENDED, **args.overrides}["overspeed_penalty"])
+    # The recommended config's training env (env kwargs, over-speed penalty); evaluation always uses the plain env.
+    if name == "sb3av":
+        settings = _recommended_settings(args)
+        train_env = _make_env(args, **settings["env_kwargs"])
+        if settings["overspeed_penalty"] > 0:
+            train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
+    else:
+        train_env = _make_env(args)
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes)

@@ -70,6 +70,15 @@ if IMAGE_ID not in gym.registry:
     gym.register(IMAGE_ID, entry_point="tests.image_vector_env:ImageVectorEnv")
 
 
+def _one_trial_study(algo: str, env_id: str, conf: Path, storage: str, study: str, n_timesteps: int, tmp_path: Path) -> int:
+    """``train.py -optimize`` with one random-sampled trial of ``n_timesteps`` steps, one evaluation episode."""
+    return main(
+        ["--algo", algo, "--env", env_id, "-conf", str(conf), "-optimize", "--n-trials", "1", "--sampler", "random",
+         "--pruner", "none", "--storage", storage, "--study-name", study, "-n", str(n_timesteps), "--n-evaluations", "1",
+         "--eval-episodes", "1", "--no-optim-plots", "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs")]
+    )  # fmt: skip
+
+
 def test_failed_trial_is_marked_failed_and_the_study_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "td3.yml"
     conf.write_text(
@@ -180,12 +189,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_next_worker(
     storage.record_heartbeat(dead._trial_id)  # its worker's last sign of life
     time.sleep(2.5)  # > grace period, at the 1 s resolution of SQLite timestamps
     FlakyEnv.failures_left = 0
-    status = main(
-        ["--algo", "td3", "--env", FLAKY_ID, "-conf", str(conf), "-optimize", "--n-trials", "1", "--sampler", "random",
-         "--pruner", "none", "--storage", url, "--study-name", "s", "-n", "40", "--n-evaluations", "1",
-         "--eval-episodes", "1", "--no-optim-plots", "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs")]
-    )  # fmt: skip
-    assert status == 0
+    assert _one_trial_study("td3", FLAKY_ID, conf, url, "s", 40, tmp_path) == 0
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
@@ -259,12 +263,7 @@ def test_tuning_sac_with_a_shared_encoder_completes_its_trials(tmp_path: Path) -
     block = {"policy": "MultiInputPolicy", "n_timesteps": 30, "learning_starts": 20, "buffer_size": 100, "batch_size": 4}
     conf.write_text(yaml.safe_dump({IMAGE_ID: {**block, "policy_kwargs": policy_kwargs}}))
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    status = main(
-        ["--algo", "sac", "--env", IMAGE_ID, "-conf", str(conf), "-optimize", "--n-trials", "1", "--sampler", "random",
-         "--pruner", "none", "--storage", storage, "--study-name", "shared", "-n", "30", "--n-evaluations", "1",
-         "--eval-episodes", "1", "--no-optim-plots", "--verbose", "0", "--seed", "0", "-f", str(tmp_path / "logs")]
-    )  # fmt: skip
-    assert status == 0
+    assert _one_trial_study("sac", IMAGE_ID, conf, storage, "shared", 30, tmp_path) == 0
     (trial,) = optuna.load_study(study_name="shared", storage=storage).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert "actor_cnn_max_grad_norm" in trial.params and "critic_cnn_max_grad_norm" not in trial.params
