@@ -73,6 +73,7 @@ RECOMMENDED: dict[str, Any] = {
     "action_noise_sigma": 0.2,
     "reward_scale": 0.1,
     "env_kwargs": {},
+    "action_repeat": 1,
     "overspeed_penalty": 1.0,
     "image_augmentation": None,
     "augmentation_pad": 4,
@@ -109,16 +110,18 @@ def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD
     noise = NormalActionNoise(np.zeros(n_actions), r["action_noise_sigma"] * np.ones(n_actions))
     if r["reward_scale"] != 1.0:  # the Monitor inside still records the env's own returns
         env = ScaleReward(env, float(r["reward_scale"]))
+    agent_steps = args.budget // r["action_repeat"]
     return ClippedTD3(
         "MultiInputPolicy",
         env,
         learning_rate=r["learning_rate"],
-        buffer_size=args.budget,
-        learning_starts=min(r["learning_starts"], args.budget // 3),
+        buffer_size=agent_steps,
+        learning_starts=min(r["learning_starts"], agent_steps // 3),
         batch_size=batch_size,
         tau=r["tau"],
         gamma=r["gamma"],
-        train_freq=args.train_freq,
+        # train_freq counts simulation steps for both learners (the same compute budget): in agent steps here.
+        train_freq=max(1, round(args.train_freq / r["action_repeat"])),
         gradient_steps=args.gradient_steps,
         action_noise=noise,
         replay_buffer_class=FrameStackDictReplayBuffer,
@@ -157,16 +160,26 @@ CONFIGS: dict[str, tuple[str, Callable[[gym.Env, int, argparse.Namespace], Any] 
 
 
 class _CurveCallback(BaseCallback):
-    """Every ``every`` env steps, evaluate deterministically; also keep each training episode's outcome."""
+    """Every ``every`` simulation steps, evaluate deterministically; also keep each training episode's outcome.
 
-    def __init__(self, eval_env: gym.Env, every: int, n_episodes: int) -> None:
+    :param action_repeat: simulation steps per agent step (the env's ``action_repeat``); steps are reported in
+        simulation steps, so that learners with different control rates share one x axis.
+    """
+
+    def __init__(self, eval_env: gym.Env, every: int, n_episodes: int, action_repeat: int = 1) -> None:
         super().__init__()
         self.eval_env = eval_env
         self.every = every
+        self.action_repeat = action_repeat
         self.n_episodes = n_episodes
         self.eval_points: list[dict[str, float]] = []
         self.train_episodes: list[list[float]] = []  # [env step, return, route completion, success]
         self.eval_time_s = 0.0
+
+    @property
+    def sim_steps(self) -> int:
+        """Simulation steps so far."""
+        return int(self.num_timesteps) * self.action_repeat
 
     def _evaluate(self) -> None:
         start = time.perf_counter()
@@ -174,7 +187,7 @@ class _CurveCallback(BaseCallback):
         self.eval_time_s += time.perf_counter() - start
         self.eval_points.append(
             {
-                "step": int(self.num_timesteps),
+                "step": self.sim_steps,
                 "success_rate": m["success_rate"],
                 "route_completion": m["route_completion"],
                 "return": m["mean_return"],
@@ -183,7 +196,7 @@ class _CurveCallback(BaseCallback):
         recent = self.train_episodes[-10:]
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
-            f"  [{time.strftime('%H:%M:%S')}] step {self.num_timesteps}: eval success {m['success_rate']:.2f}, "
+            f"  [{time.strftime('%H:%M:%S')}] step {self.sim_steps}: eval success {m['success_rate']:.2f}, "
             f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f}; last 10 train episodes success "
             f"{train_success:.2f} ({len(self.train_episodes)} episodes)",
             flush=True,
@@ -194,13 +207,13 @@ class _CurveCallback(BaseCallback):
             if "episode" in info:
                 self.train_episodes.append(
                     [
-                        int(self.num_timesteps),
+                        self.sim_steps,
                         round(float(info["episode"]["r"]), 2),
                         round(float(info.get("route_completion", 0.0)), 3),
                         float(info.get("is_success", False)),
                     ]
                 )
-        if self.every > 0 and self.num_timesteps % self.every == 0:
+        if self.every > 0 and self.sim_steps % self.every < self.action_repeat:
             self._evaluate()
         return True
 
@@ -221,7 +234,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     factory = CONFIGS[name][1]
     if args.threads:
         th.set_num_threads(args.threads)
-    eval_env = _make_env(args)
+    # The control rate (action_repeat) is the agent's, in training and evaluation; the reward is the plain env's.
+    action_repeat = _recommended_settings(args)["action_repeat"] if name == "sb3av" else 1
+    eval_env = _make_env(args, **({"action_repeat": action_repeat} if action_repeat != 1 else {}))
     if factory is None:
         baseline = PIDPurePursuit.from_env(eval_env)
         start = time.perf_counter()
@@ -229,21 +244,22 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         eval_env.close()
         return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
     th.manual_seed(seed)
-    # The recommended config's training env (env kwargs, over-speed penalty); evaluation always uses the plain env.
+    # The recommended config's training env (env kwargs, over-speed penalty); evaluation uses the plain env.
     if name == "sb3av":
         settings = _recommended_settings(args)
-        train_env = _make_env(args, **settings["env_kwargs"])
+        repeat_kwargs = {"action_repeat": action_repeat} if action_repeat != 1 else {}
+        train_env = _make_env(args, **settings["env_kwargs"], **repeat_kwargs)
         if settings["overspeed_penalty"] > 0:
             train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
     else:
         train_env = _make_env(args)
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
-    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes)
+    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat)
     start = time.perf_counter()
-    model.learn(total_timesteps=args.budget, callback=callback)
+    model.learn(total_timesteps=args.budget // action_repeat, callback=callback)
     train_time = time.perf_counter() - start - callback.eval_time_s
-    if not callback.eval_points or callback.eval_points[-1]["step"] != args.budget:
+    if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
     metrics = evaluate(model, eval_env, args.eval_episodes, seed=EVAL_SEED)
@@ -393,6 +409,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.overrides) - set(RECOMMENDED)
     if unknown:
         parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
+    if "action_repeat" in args.overrides.get("env_kwargs", {}):
+        parser.error("--set: give action_repeat as its own key (it applies to the evaluation env too), not in env_kwargs")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

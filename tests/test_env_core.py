@@ -238,6 +238,50 @@ def test_truncation_is_not_termination() -> None:
         env.step(np.zeros(2))
 
 
+def test_action_repeat_sums_simulation_steps_and_stacks_agent_steps() -> None:
+    """action_repeat=3 equals three plain steps with the same action: summed terms, last frame stacked once."""
+    actions = [np.array([0.1 * k, 0.5 - 0.2 * k]) for k in range(5)]
+    plain, repeated = _env(start_speed=4.0), _env(start_speed=4.0, action_repeat=3)
+    plain.reset(seed=3)
+    obs_r, _ = repeated.reset(seed=3)
+    first = obs_r["image"][-1].copy()
+    for action in actions:
+        plain_terms, plain_reward = dict.fromkeys(RewardWeights.names(), 0.0), 0.0
+        for _ in range(3):
+            obs_p, reward_p, *_, info_p = plain.step(action)
+            plain_reward += reward_p
+            for k, v in info_p["reward_terms"].items():
+                plain_terms[k] += v
+        obs_r, reward_r, terminated, truncated, info_r = repeated.step(action)
+        assert not (terminated or truncated)
+        assert reward_r == pytest.approx(plain_reward, abs=1e-9)
+        assert info_r["reward_terms"] == pytest.approx(plain_terms, abs=1e-9)
+        assert info_r["sim_time_s"] == pytest.approx(info_p["sim_time_s"])
+        np.testing.assert_array_equal(obs_r["image"][-1], obs_p["image"][-1])
+        np.testing.assert_allclose(obs_r["vector"], obs_p["vector"], atol=1e-6)
+    # One frame per agent step: the stack holds the frames of sim steps 6, 9, 12, 15 (not 12..15 as the plain env).
+    assert len(repeated.backend.controls) == 15  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(obs_r["image"][-2], obs_p["image"][-4])
+    assert not np.array_equal(obs_r["image"][0], first)
+
+
+def test_action_repeat_stops_at_the_ending_simulation_step() -> None:
+    env = _env(collide_at_step=5, start_speed=5.0, action_repeat=4)
+    env.reset(seed=0)
+    _, _, terminated, _, _ = env.step(np.zeros(2))
+    assert not terminated
+    _, reward, terminated, truncated, info = env.step(np.zeros(2))
+    assert terminated and not truncated and info["termination"] == "collision" and info["collision"]
+    assert len(env.backend.controls) == 5  # type: ignore[attr-defined]  # steps 6-8 were never simulated
+    assert info["reward_terms"]["collision"] == -50.0 and reward == pytest.approx(sum(info["reward_terms"].values()))
+    env = _env(max_steps=10, start_speed=2.0, action_repeat=4)  # the time limit counts simulation steps
+    env.reset(seed=0)
+    ends = [env.step(np.zeros(2))[3] for _ in range(3)]
+    assert ends == [False, False, True] and len(env.backend.controls) == 10  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="action_repeat"):
+        _env(action_repeat=0)
+
+
 def test_collision_terminates_once_with_penalty() -> None:
     env = _env(collide_at_step=5, start_speed=5.0, reward_collision=30.0)
     env.reset(seed=0)

@@ -58,12 +58,27 @@ def test_tiny_run_writes_three_rows_curves_and_png(learning, tmp_path, capsys):
     assert "| SB3 TD3, default settings | 0 |" in table
 
 
+@pytest.mark.slow
+def test_action_repeat_counts_simulation_steps_and_keeps_the_compute_budget(learning, tmp_path):
+    out = tmp_path / "learning.json"
+    argv = ["--tiny", "--budget", "300", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "150"]
+    argv += ["--curve-episodes", "1", "--train-freq", "4", "--configs", "sb3av", "--out", str(out)]
+    learning.main([*argv, "--set", '{"action_repeat": 2}'])
+    (run,) = json.loads(out.read_text())["rows"][0]["runs"]
+    # 150 agent steps of 2 simulation steps; learning_starts 50 agent steps, then one gradient step every 2 agent
+    # steps (= every 4 simulation steps, as --train-freq 4 says): the 50 gradient steps of the plain run.
+    assert run["gradient_steps"] == 50
+    assert [p["step"] for p in run["curve"]] == [150, 300]  # simulation steps
+    assert run["train_episodes"] and all(e[0] % 2 == 0 and 0 < e[0] <= 300 for e in run["train_episodes"])
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--set", '{"no_such_key": 1}'], "unknown keys"),
         (["--budget", "0"], "--budget must be >= 1"),
         (["--configs", "ppo"], "invalid choice"),
+        (["--set", '{"env_kwargs": {"action_repeat": 2}}'], "its own key"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):

@@ -48,7 +48,7 @@ _LANE_TERM_MIN = -2.0  # the lane term is bounded below
 class EnvConfig:
     """The env-contract settings of one :class:`DrivingEnv` (every field is an env kwarg).
 
-    :param max_steps: step limit; reaching it truncates the episode (never terminal).
+    :param max_steps: limit of simulation steps; reaching it truncates the episode (never terminal).
     :param frame_stack: number of stacked camera frames, newest last.
     :param camera_size: camera image height = width (pixels).
     :param n_route_points: K, the number of look-ahead route points in the vector observation.
@@ -62,6 +62,10 @@ class EnvConfig:
     :param off_road_margin_m: off road when ``|lateral offset| > half lane width + margin`` (m).
     :param reward_progress: weight of the ``progress`` term (see :class:`RewardWeights`, same for all ``reward_*``).
     :param render_mode: None or ``"rgb_array"`` (the newest camera frame as RGB).
+    :param action_repeat: simulation steps per ``step()`` (the agent's control period is ``action_repeat * dt``):
+        the action is applied for this many steps, the reward terms are summed over them, the episode ends at the
+        first one that ends it, and only the last one's camera frame enters the frame stack (so a stack spans
+        ``frame_stack`` agent steps, as in DrQ). 1 (the contract's default) is one simulation step per ``step()``.
     """
 
     max_steps: int = 1000
@@ -85,8 +89,15 @@ class EnvConfig:
     reward_off_road: float = 50.0
     reward_goal: float = 50.0
     render_mode: str | None = None
+    action_repeat: int = 1
 
-    _POSITIVE_INT: ClassVar[tuple[str, ...]] = ("max_steps", "frame_stack", "camera_size", "n_route_points")
+    _POSITIVE_INT: ClassVar[tuple[str, ...]] = (
+        "max_steps",
+        "frame_stack",
+        "camera_size",
+        "n_route_points",
+        "action_repeat",
+    )
     _POSITIVE_FLOAT: ClassVar[tuple[str, ...]] = ("route_point_spacing_m", "target_speed_ms", "dt", "stuck_time_s")
 
     def __post_init__(self) -> None:
@@ -187,6 +198,8 @@ class DrivingEnv(gym.Env):
         self._distance_m = 0.0
         self._stuck_s = 0.0
         self._done = True
+        self._termination: str | None = None  # why the episode ended (None: it did not, or by the time limit)
+        self._events = {"collision": False, "off_road": False, "success": False}  # of the last simulation step
         self._first_reset = True
 
     # ------------------------------------------------------------------ gymnasium API
@@ -220,10 +233,11 @@ class DrivingEnv(gym.Env):
         self._distance_m = 0.0
         self._stuck_s = 0.0
         self._done = False
+        self._termination = None
         self._stack[:] = frame.image
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
-        """Apply ``[steer, throttle_brake]`` for one simulation step.
+        """Apply ``[steer, throttle_brake]`` for ``action_repeat`` simulation steps (one by default).
 
         :param action: ``(2,)`` in [-1, 1]; out-of-range values are clipped.
         :raises ValueError: the action has the wrong size or a non-finite value (never sent to the simulator).
@@ -237,11 +251,31 @@ class DrivingEnv(gym.Env):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"Non-finite action {a.tolist()}: the policy produced NaN/Inf; it was not sent to the simulator")
         a = np.clip(a, -1.0, 1.0)
-        steer, throttle_brake = float(a[0]), float(a[1])
+        terms = dict.fromkeys(RewardWeights.names(), 0.0)
+        steer, throttle, brake = float(a[0]), max(float(a[1]), 0.0), max(-float(a[1]), 0.0)
+        for _ in range(self.config.action_repeat):
+            frame = self.backend.step(steer, throttle, brake)
+            if frame.extra.get("episode_restarted"):
+                return self._restarted(frame)
+            self._advance(frame, a, terms)
+            if self._done:
+                break
+        reward = float(sum(terms.values()))
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = frame.image
+        info = self._info(frame, terms, **self._events)
+        truncated = self._done and self._termination is None
+        info["termination"] = "time_limit" if truncated else self._termination
+        return self._obs(), reward, self._termination is not None, truncated, info
+
+    def _advance(self, frame: Frame, a: np.ndarray, terms: dict[str, float]) -> None:
+        """Account for one simulation step that applied action ``a`` and produced ``frame``.
+
+        Adds the step's weighted reward terms to ``terms`` and updates the episode state (``_done``,
+        ``_termination``, route position, distance, stuck timer, previous action).
+        """
+        assert self._route is not None and self._proj is not None
         prev_frame = self._frame
-        frame = self.backend.step(steer, max(throttle_brake, 0.0), max(-throttle_brake, 0.0))
-        if frame.extra.get("episode_restarted"):
-            return self._restarted(frame)
         self._check_frame(frame)
         self._steps += 1
         route = self._route
@@ -272,10 +306,11 @@ class DrivingEnv(gym.Env):
             "off_road": -1.0 if off_road else 0.0,
             "goal": 1.0 if completed else 0.0,
         }
-        terms = {k: float(getattr(self._weights, k) * v) for k, v in raw.items()}
-        reward = float(sum(terms.values()))
+        for k, v in raw.items():
+            terms[k] += float(getattr(self._weights, k) * v)
+        self._events = {"collision": collision, "off_road": off_road, "success": completed}
 
-        termination = None
+        self._termination = None
         for reason, flag in (
             ("collision", collision),
             ("off_road", off_road),
@@ -283,20 +318,12 @@ class DrivingEnv(gym.Env):
             ("stuck", stuck),
         ):
             if flag:
-                termination = reason
+                self._termination = reason
                 break
-        terminated = termination is not None
-        truncated = (not terminated) and self._steps >= self.config.max_steps
-        self._done = terminated or truncated
-
+        self._done = self._termination is not None or self._steps >= self.config.max_steps
         self._frame = frame
         self._proj = proj
         self._prev_action = a
-        self._stack[:-1] = self._stack[1:]
-        self._stack[-1] = frame.image
-        info = self._info(frame, terms, collision=collision, off_road=off_road, success=completed)
-        info["termination"] = termination if terminated else ("time_limit" if truncated else None)
-        return self._obs(), reward, terminated, truncated, info
 
     def _restarted(self, frame: Frame) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         """The backend lost its world and started a new episode (a reconnect): truncate, with no reward.
