@@ -18,11 +18,12 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   budget (it never fills further).
 - ``pid``: :class:`~sb3_av.baselines.PIDPurePursuit`.
 
-Both learned configurations share ``--train-freq`` / ``--gradient-steps`` / ``--batch-size``: the compute budget.
-SB3's default of one gradient step of batch 256 per env step does not fit the time of this benchmark on a
-2-core CPU, so the README's run uses one gradient step of batch 64 every 2 env steps for both.
+Both learned configurations share ``--train-freq`` / ``--gradient-steps`` / ``--batch-size``: the compute budget
+(``--train-freq`` counts simulation steps, also for an agent with ``action_repeat``). The README's run keeps SB3's
+one gradient step per env step for both, with batch 64 instead of SB3's 256 (which does not fit the time of this
+benchmark on a 2-core CPU). Half as many gradient steps (``--train-freq 2``) left 2 of 7 seeds at 0.20-0.40.
 
-    python benchmarks/learning.py --budget 20000 --train-freq 2 --batch-size 64 --seeds 0 1 2 --eval-episodes 20 \
+    python benchmarks/learning.py --budget 20000 --train-freq 1 --batch-size 64 --seeds 0 1 2 --eval-episodes 20 \
         --curve-every 2500 --curve-episodes 4 --jobs 2 --threads 1 --out benchmarks/results/learning_lite0.json
     python benchmarks/learning.py --tiny --budget 300 --seeds 0 --out /tmp/learning_tiny.json   # smoke test
 """
@@ -395,7 +396,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, default=20, help="final evaluation episodes per trained agent")
     parser.add_argument("--curve-every", type=int, default=1250, help="env steps between curve evaluations (0: none)")
     parser.add_argument("--curve-episodes", type=int, default=4)
-    parser.add_argument("--train-freq", type=int, default=2, help="env steps between train() calls (both learners)")
+    parser.add_argument("--train-freq", type=int, default=1, help="env steps between train() calls (both learners)")
     parser.add_argument("--gradient-steps", type=int, default=1, help="gradient steps per train() call (both learners)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of both learners (default: 64 / SB3's 256)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default: 1)")

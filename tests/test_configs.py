@@ -33,7 +33,8 @@ def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) 
         assert checked[key] == recommended[key], key
     assert checked["noise_type"] == "normal" and checked["noise_std"] == recommended["action_noise_sigma"]
     assert {k: v for k, v in checked["max_grad_norms"].items() if v is not None} == recommended["max_grad_norms"]
-    assert checked.get("env_kwargs", {}) == recommended["env_kwargs"]
+    repeat = {"action_repeat": recommended["action_repeat"]} if recommended["action_repeat"] != 1 else {}
+    assert checked.get("env_kwargs", {}) == {**recommended["env_kwargs"], **repeat}
     assert checked.get("image_augmentation") == recommended["image_augmentation"]
     assert "replay_buffer_kwargs" not in checked and recommended["n_steps"] == 1
     wrappers = [next(iter(entry.items())) for entry in checked["env_wrapper"]]
