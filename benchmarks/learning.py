@@ -237,9 +237,10 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     factory = CONFIGS[name][1]
     if args.threads:
         th.set_num_threads(args.threads)
+    settings = _recommended_settings(args) if name == "sb3av" else None
     # The control rate (action_repeat) is the agent's, in training and evaluation; the reward is the plain env's.
-    action_repeat = _recommended_settings(args)["action_repeat"] if name == "sb3av" else 1
-    eval_env = _make_env(args, **({"action_repeat": action_repeat} if action_repeat != 1 else {}))
+    action_repeat = settings["action_repeat"] if settings is not None else 1
+    eval_env = _make_env(args, action_repeat=action_repeat)
     if factory is None:
         baseline = PIDPurePursuit.from_env(eval_env)
         start = time.perf_counter()
@@ -248,14 +249,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
     th.manual_seed(seed)
     # The recommended config's training env (env kwargs, over-speed penalty); evaluation uses the plain env.
-    if name == "sb3av":
-        settings = _recommended_settings(args)
-        repeat_kwargs = {"action_repeat": action_repeat} if action_repeat != 1 else {}
-        train_env = _make_env(args, **settings["env_kwargs"], **repeat_kwargs)
-        if settings["overspeed_penalty"] > 0:
-            train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
-    else:
-        train_env = _make_env(args)
+    train_env = _make_env(args, **(settings["env_kwargs"] if settings is not None else {}), action_repeat=action_repeat)
+    if settings is not None and settings["overspeed_penalty"] > 0:
+        train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat)
