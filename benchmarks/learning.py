@@ -7,8 +7,9 @@ episodes (seeds 20000, ...) every ``--curve-every`` steps. The PID + pure-pursui
 episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.png`` (curves).
 
 - ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`, equal to the
-  ``LiteScenario*`` blocks of ``configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 +
-  channels-last convolutions, critic-CNN clipping, the frame-stack replay buffer, a training reward with an
+  ``LiteScenario*`` blocks of ``configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where the
+  CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
+  frame-stack replay buffer, a training reward with an
   over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`, weight 1) scaled by 0.1, Gaussian action
   noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns
   are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
@@ -87,7 +88,7 @@ RECOMMENDED: dict[str, Any] = {
         "features_extractor_kwargs": {
             "cnn_output_dim": 256,
             "vector_output_dim": 64,
-            "cnn_dtype": "bfloat16",
+            "cnn_dtype": "auto",
             "channels_last": True,
         },
     },

@@ -8,9 +8,9 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["MultiInputExtractor"]
+from sb3_av.compute import CNN_DTYPES, resolve_cnn_dtype
 
-_CNN_DTYPES = {"float32": th.float32, "bfloat16": th.bfloat16}
+__all__ = ["MultiInputExtractor"]
 
 
 class MultiInputExtractor(BaseFeaturesExtractor):
@@ -28,9 +28,12 @@ class MultiInputExtractor(BaseFeaturesExtractor):
     :param vector_output_dim: units of the vector MLP (0: pass the vector through unchanged).
     :param image_key: name of the image entry.
     :param vector_key: name of the vector entry.
-    :param cnn_dtype: compute dtype of the CNN: ``"float32"``, or ``"bfloat16"`` to run the convolutions under
+    :param cnn_dtype: compute dtype of the CNN: ``"float32"``; ``"bfloat16"`` to run the convolutions under
         :func:`torch.autocast` (weights, gradients and the features stay float32; about 2x faster on CPUs with
-        AVX-512 BF16 or AMX and on recent GPUs).
+        AVX512-BF16 or AMX and on GPUs of compute capability 8.0+, but 4-10x slower on other CPUs); or
+        ``"auto"``: bfloat16 where the device the CNN runs on has it natively, else float32 (see
+        :mod:`sb3_av.compute`). ``"auto"`` is decided on the device of each batch, so a model saved on one
+        machine picks the right dtype on the next.
     :param channels_last: keep the CNN's weights and input in channels-last memory format (faster convolutions
         with oneDNN and cuDNN; numerically the same).
     """
@@ -45,15 +48,16 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         cnn_dtype: str = "float32",
         channels_last: bool = False,
     ) -> None:
-        if cnn_dtype not in _CNN_DTYPES:
-            raise ValueError(f"cnn_dtype must be one of {sorted(_CNN_DTYPES)}, got {cnn_dtype!r}")
+        if cnn_dtype not in CNN_DTYPES:
+            raise ValueError(f"cnn_dtype must be one of {list(CNN_DTYPES)}, got {cnn_dtype!r}")
         image_shape, vector_size = _check_space(observation_space, image_key, vector_key)
         features_dim = cnn_output_dim + (vector_output_dim if vector_output_dim > 0 else vector_size)
         super().__init__(observation_space, features_dim)
         self.image_key = image_key
         self.vector_key = vector_key
-        self.cnn_dtype = _CNN_DTYPES[cnn_dtype]
+        self.cnn_dtype_setting = cnn_dtype
         self.channels_last = channels_last
+        self._cnn_dtypes: dict[str, th.dtype] = {}
 
         n_channels = image_shape[0]
         self.cnn = nn.Sequential(
@@ -86,13 +90,20 @@ class MultiInputExtractor(BaseFeaturesExtractor):
             images = self.scale_images(images)
         elif self.channels_last:
             images = images.contiguous(memory_format=th.channels_last)
-        if self.cnn_dtype is th.float32:
+        cnn_dtype = self.compute_dtype(images.device)
+        if cnn_dtype is th.float32:
             image_features = self.image_head(self.cnn(images))
         else:
-            with th.autocast(device_type=images.device.type, dtype=self.cnn_dtype):
+            with th.autocast(device_type=images.device.type, dtype=cnn_dtype):
                 image_features = self.image_head(self.cnn(images)).float()
         vector_features = self.vector_head(observations[self.vector_key])
         return th.cat([image_features, vector_features], dim=1)
+
+    def compute_dtype(self, device: th.device) -> th.dtype:
+        """The CNN's compute dtype on ``device`` (``cnn_dtype`` resolved once per device type)."""
+        if device.type not in self._cnn_dtypes:
+            self._cnn_dtypes[device.type] = resolve_cnn_dtype(self.cnn_dtype_setting, device)
+        return self._cnn_dtypes[device.type]
 
     def scale_images(self, images: th.Tensor) -> th.Tensor:
         """Raw uint8 images -> the CNN's input, in [0, 1], in its compute dtype and memory format, in one copy.
@@ -103,7 +114,7 @@ class MultiInputExtractor(BaseFeaturesExtractor):
         :param images: ``(B, C, H, W)`` uint8.
         """
         memory_format = th.channels_last if self.channels_last else th.contiguous_format
-        return images.to(dtype=self.cnn_dtype, memory_format=memory_format).mul_(1.0 / 255.0)
+        return images.to(dtype=self.compute_dtype(images.device), memory_format=memory_format).mul_(1.0 / 255.0)
 
 
 def _check_space(observation_space: spaces.Space, image_key: str, vector_key: str) -> tuple[tuple[int, ...], int]:
