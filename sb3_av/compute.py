@@ -25,22 +25,36 @@ CNN_DTYPES = ("auto", "float32", "bfloat16")
 _FIXED_DTYPES = {"float32": th.float32, "bfloat16": th.bfloat16}
 # CPU features whose bfloat16 dot products oneDNN uses natively (torch.cpu.get_capabilities() keys).
 _NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) that still include the bfloat16 instructions; any other cap
+# (AVX2, AVX512_CORE, ...) makes oneDNN emulate bfloat16 even on a CPU that has it.
+_BF16_ONEDNN_ISA_MARKERS = ("ALL", "BF16", "AMX", "FP16", "AVX10")
 
 
 def native_bfloat16(device: th.device | str = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 matrix products and convolutions natively (faster than float32).
 
     :param device: a CPU or CUDA device.
-    :return: CPU: the processor has AVX512-BF16 or AMX-BF16 (``torch.cpu.get_capabilities()``); CUDA: compute
-        capability 8.0 or more (Ampere and later); any other device: False.
+    :return: CPU: the processor has AVX512-BF16 or AMX-BF16 (``torch.cpu.get_capabilities()``) and torch and
+        oneDNN may use them (``torch.backends.cpu.get_cpu_capability()`` is an AVX-512 level, not lowered by
+        ``ATEN_CPU_CAPABILITY``, and ``ONEDNN_MAX_CPU_ISA``, if set, keeps the bfloat16 instructions); CUDA:
+        compute capability 8.0 or more (Ampere and later); any other device: False.
     """
     device = th.device(device)
     if device.type == "cpu":
-        capabilities = th.cpu.get_capabilities()
-        return any(bool(capabilities.get(feature, False)) for feature in _NATIVE_BF16_CPU_FEATURES)
+        return _cpu_runs_bfloat16_natively()
     if device.type == "cuda":
         return th.cuda.is_available() and th.cuda.get_device_capability(device)[0] >= 8
     return False
+
+
+def _cpu_runs_bfloat16_natively() -> bool:
+    capabilities = th.cpu.get_capabilities()
+    if not any(bool(capabilities.get(feature, False)) for feature in _NATIVE_BF16_CPU_FEATURES):
+        return False
+    if not th.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    isa_cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return any(marker in isa_cap for marker in _BF16_ONEDNN_ISA_MARKERS)
 
 
 def resolve_cnn_dtype(cnn_dtype: str, device: th.device | str = "cpu") -> th.dtype:
