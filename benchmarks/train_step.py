@@ -8,9 +8,16 @@ of (SB3 time / config time) within the round, so drifts of a shared machine canc
   the image, separate actor and critic CNNs, net_arch [400, 300]).
 - ``sb3av_separate``: ClippedTD3, same architecture as sb3-av's default (separate CNNs), clipping + monitor.
 - ``sb3av_shared``: + one critic-trained encoder (DrQ-v2): each batch encoded once, next batch once.
-- ``sb3av_recommended``: + bfloat16 convolutions and channels-last memory (the recommended configuration).
+- ``sb3av_shared_float32_cl``: + channels-last memory, float32 convolutions.
+- ``sb3av_shared_bfloat16_cl``: + channels-last memory, bfloat16 convolutions (fast only where bfloat16 is native).
+- ``sb3av_recommended``: the recommended configuration: channels-last and ``cnn_dtype="auto"``, which is one of the
+  two above, as :func:`sb3_av.compute.resolve_cnn_dtype` picks for this CPU (printed in the header).
 
-    python benchmarks/train_step.py --rounds 10 --batch-size 256 [--profile]
+The header names the CPU capability torch dispatches to. The same machine can be measured as an AVX2-only CPU (no
+native bfloat16) by capping torch's and oneDNN's instruction sets, which is what an AVX2 CPU runs:
+
+    python benchmarks/train_step.py --rounds 10 --batch-size 64 --threads 1 [--profile]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_step.py --rounds 10 --batch-size 64 --threads 1
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from stable_baselines3 import TD3
 from torch.profiler import ProfilerActivity, profile
 
 from sb3_av.callbacks import GradientMonitorCallback
+from sb3_av.compute import native_bfloat16, resolve_cnn_dtype
 from sb3_av.td3 import ClippedTD3
 
 CLIP = {"actor_cnn": 1.0, "critic_cnn": 10.0}
-RECOMMENDED_POLICY = {
-    "share_features_extractor": True,
-    "features_extractor_kwargs": {"cnn_dtype": "bfloat16", "channels_last": True},
-}
+
+
+def _shared_policy(cnn_dtype: str) -> dict:
+    return {"share_features_extractor": True, "features_extractor_kwargs": {"cnn_dtype": cnn_dtype, "channels_last": True}}
 
 
 def _configs(buffer) -> dict[str, Callable[[], object]]:
@@ -51,7 +59,9 @@ def _configs(buffer) -> dict[str, Callable[[], object]]:
         "sb3_default": lambda: model_on_buffer(TD3, "MultiInputPolicy", buffer),
         "sb3av_separate": lambda: clipped({}, CLIP),
         "sb3av_shared": lambda: clipped({"share_features_extractor": True}, {"critic_cnn": 10.0}),
-        "sb3av_recommended": lambda: clipped(RECOMMENDED_POLICY, {"critic_cnn": 10.0}),
+        "sb3av_shared_float32_cl": lambda: clipped(_shared_policy("float32"), {"critic_cnn": 10.0}),
+        "sb3av_shared_bfloat16_cl": lambda: clipped(_shared_policy("bfloat16"), {"critic_cnn": 10.0}),
+        "sb3av_recommended": lambda: clipped(_shared_policy("auto"), {"critic_cnn": 10.0}),
     }
 
 
@@ -102,7 +112,12 @@ def main() -> None:
             times[name].append(round_times[name])
             speedups[name].append(round_times["sb3_default"] / round_times[name])
 
-    print(f"machine: {platform.machine()}, {th.get_num_threads()} torch threads, torch {th.__version__}")
+    print(
+        f"machine: {platform.machine()} {th.cpu.get_capabilities().get('cpu_name', '')}, torch CPU capability "
+        f"{th.backends.cpu.get_cpu_capability()}, native bfloat16: {native_bfloat16('cpu')}, cnn_dtype auto -> "
+        f"{str(resolve_cnn_dtype('auto')).removeprefix('torch.')}, {th.get_num_threads()} torch threads, "
+        f"torch {th.__version__}"
+    )
     print(f"batch {args.batch_size}, {args.gradient_steps} gradient steps per train(), {args.rounds} interleaved rounds\n")
     print("| configuration | median s / gradient step | gradient steps / s | speedup vs SB3 default (median, IQR) |")
     print("|---|---:|---:|---:|")
