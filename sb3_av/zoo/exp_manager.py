@@ -4,7 +4,7 @@ What changes, and why (everything else is rl-zoo's code path):
 
 - **Config as data.** Hyperparameters come from :mod:`sb3_av.zoo.config` (``yaml.safe_load``, every key checked,
   names -> classes through explicit dicts) instead of rl-zoo's ``eval`` of strings and imports of module paths.
-- **Algorithms** come from :func:`sb3_av.zoo.algos.get_algorithm` (the clipped TD3/DDPG/SAC/TQC).
+- **Algorithms** come from :func:`sb3_av.algorithms.get_algorithm` (the clipped TD3/DDPG/SAC/TQC).
 - **Replay buffer** defaults to the frame-stack Dict buffer for stacked-image observations
   (:func:`sb3_av.buffers.default_replay_buffer_for`); a config's ``replay_buffer_class`` wins.
 - **Callbacks**: checkpoints that also save on SIGINT/SIGTERM, an eval callback and a training callback that log
@@ -51,7 +51,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
 from sb3_av.callbacks.driving_metrics import DrivingEvalCallback, DrivingMetricsCallback
-from sb3_av.zoo.algos import get_algorithm
+from sb3_av.algorithms import get_algorithm
 from sb3_av.zoo.config import (
     ConfigError,
     load_config_file,

@@ -25,7 +25,7 @@ import torch as th
 
 __all__ = ["TrainError", "build_parser", "main"]
 
-from sb3_av.zoo.algos import ALGO_NAMES
+from sb3_av.algorithms import ALGO_NAMES
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.exp_manager import TrainError
 from sb3_av.zoo.run_folder import resolve_model_path

@@ -1,4 +1,5 @@
-"""``--algo`` names -> this project's clipped algorithms (an explicit dict; imports happen on first use)."""
+"""Algorithm names -> this project's clipped algorithms: the ``--algo`` table of ``train.py``, ``enjoy.py`` and
+``sb3-av evaluate`` (an explicit dict, never a module path built from a string; imports happen on first use)."""
 
 from __future__ import annotations
 
