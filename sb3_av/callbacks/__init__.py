@@ -1,8 +1,9 @@
-"""Callbacks of sb3-av: gradient monitor, driving metrics, checkpoints that survive interrupts."""
+"""Callbacks of sb3-av: gradient monitor, driving metrics, checkpoints that survive interrupts, progress."""
 
 from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
 from sb3_av.callbacks.driving_metrics import DrivingEvalCallback, DrivingMetricsCallback, EpisodeMetrics
 from sb3_av.callbacks.grad_monitor import GradientMonitorCallback
+from sb3_av.callbacks.progress import ProgressCallback
 
 __all__ = [
     "DrivingEvalCallback",
@@ -10,4 +11,5 @@ __all__ = [
     "EpisodeMetrics",
     "GradientMonitorCallback",
     "InterruptibleCheckpointCallback",
+    "ProgressCallback",
 ]
