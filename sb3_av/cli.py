@@ -18,10 +18,11 @@ __all__ = ["main"]
 #: subcommand -> (module, arguments function, run function, help)
 _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "evaluate": (
-        "sb3_av.evaluation",
+        "sb3_av.zoo.enjoy",
         "add_evaluate_arguments",
         "run_evaluate_command",
-        "evaluate a saved model, a run folder or the PID + pure-pursuit baseline: driving metrics as a table and JSON",
+        "evaluate a run folder, a saved model or the PID + pure-pursuit baseline: driving metrics as a table and JSON "
+        "(the same command as enjoy.py)",
     ),
     "check-logs": (
         "sb3_av.log_check",

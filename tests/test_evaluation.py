@@ -1,4 +1,5 @@
-"""evaluate() metrics (checked against scripted episodes) and the ``sb3-av evaluate`` command."""
+"""evaluate() metrics (checked against scripted episodes), the same metrics in the training logs, and the one
+evaluation command behind ``enjoy.py`` and ``sb3-av evaluate``."""
 
 from __future__ import annotations
 
@@ -13,14 +14,8 @@ import pytest
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.envs import register_envs
 from sb3_av.envs.core import DrivingEnv, make_driving_env
-from sb3_av.evaluation import (
-    METRIC_COLUMNS,
-    add_evaluate_arguments,
-    evaluate,
-    format_metrics_table,
-    parse_env_kwargs,
-    run_evaluate_command,
-)
+from sb3_av.evaluation import METRIC_COLUMNS, evaluate, format_metrics_table
+from sb3_av.zoo.enjoy import add_evaluate_arguments, build_parser, main, parse_env_kwargs, run_evaluate_command
 from tests.test_env_core import ScriptedBackend
 
 register_envs()
@@ -164,3 +159,70 @@ def test_env_kwargs_parse_like_train_py() -> None:
         "seed": 3,
         "npc_speed_range_ms": [5, 9],
     }
+
+
+def test_training_logs_and_evaluate_share_the_metrics() -> None:
+    """The callback's ``driving/*`` values are evaluate()'s per-episode metrics: speed = distance / simulated time."""
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.logger import Logger
+
+    from sb3_av.callbacks import DrivingMetricsCallback
+
+    env = _scripted(max_steps=40)
+    expected = evaluate(_Throttle([0.5]), env, n_episodes=1, seed=0)["episodes"][0]
+    # Constant 2 m/s^2 from rest for 2 s: ~4 m in 2 s, 2 m/s (the mean of the per-step speeds would be 2.05 m/s).
+    assert expected["mean_speed_ms"] == pytest.approx(expected["distance_m"] / 2.0) == pytest.approx(2.0, rel=0.03)
+    env.reset(seed=0)
+    infos: list[dict[str, Any]] = []
+    policy = _Throttle([0.5])
+    while not infos or not (infos[-1]["termination"]):
+        infos.append(env.step(policy.predict(None)[0])[4])
+    callback = DrivingMetricsCallback()
+    callback.init_callback(TD3("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [4]}, buffer_size=10, device="cpu"))
+    callback.model.set_logger(Logger(folder=None, output_formats=[]))
+    for i, info in enumerate(infos):
+        callback.update_locals({"infos": [info], "dones": np.array([i == len(infos) - 1])})
+        callback.on_step()
+    logged = callback.logger.name_to_value
+    assert logged["driving/mean_speed_ms"] == pytest.approx(expected["mean_speed_ms"], rel=1e-12)
+    assert logged["driving/distance_m"] == pytest.approx(expected["distance_m"])
+    assert logged["driving/episode_sim_time_s"] == pytest.approx(2.0)
+    assert logged["driving/collision_rate"] == 0.0 and logged["driving/route_completion"] == expected["route_completion"]
+    terms = {k.removeprefix("reward_terms/"): v for k, v in logged.items() if k.startswith("reward_terms/")}
+    assert sum(terms.values()) == pytest.approx(expected["return"]) and terms == pytest.approx(expected["reward_terms"])
+
+
+def test_enjoy_and_sb3_av_evaluate_are_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sb3_av.cli import _build_parser
+
+    def options(parser: argparse.ArgumentParser) -> set[str]:
+        return {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
+
+    cli = _build_parser(["evaluate"])
+    subparser = next(a for a in cli._actions if isinstance(a, argparse._SubParsersAction)).choices["evaluate"]
+    assert options(subparser) == options(build_parser()) and "--load-best" in options(subparser)
+    out = tmp_path / "m.json"
+    argv = ["--baseline", "--env", "LiteScenario0-v0", "-n", "1", "--env-kwargs", "route_length_m:40", "npc_vehicles:0"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"][0]["success_rate"] == 1.0
+    assert main(["--baseline", "--env", "LiteScenario0-v0", "-n", "0"]) == 2
+    assert capsys.readouterr().err == "enjoy.py: error: -n must be >= 1, got 0\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "give a run folder or a .zip, --algo and --env"),
+        (["--baseline"], "--env is required with --baseline"),
+        (["x.zip", "--baseline", "--env", "LiteScenario0-v0"], "--baseline evaluates the controller"),
+        (["--model", "{zip}", "--load-best", "--env", "LiteScenario0-v0"], "pick a model in a run folder, not a .zip"),
+        (["--model", "{zip}"], "--env is required (except with a run folder"),
+        (["--algo", "td3", "--env", "LiteScenario0-v0", "-f", "{dir}"], "no run of td3 on LiteScenario0-v0"),
+    ],
+)
+def test_what_to_evaluate_errors(argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m.zip").write_bytes(b"")
+    argv = [a.format(zip=tmp_path / "m.zip", dir=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("enjoy.py: error: ") and message in err and err.count("\n") == 1

@@ -563,7 +563,7 @@ def test_enjoy_evaluates_a_run_folder(tmp_path: Path) -> None:
     import json
 
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["n_episodes"] == 2 and 0.0 <= metrics["route_completion"] <= 1.0
+    assert metrics["n_episodes"] == 2 and 0.0 <= metrics["results"][0]["route_completion"] <= 1.0
     assert metrics["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}, "the run's env kwargs"
     assert "| LiteScenario0-v0 | 2 |" in out.stdout
     # `sb3-av evaluate` on the run folder takes the run's algorithm, env id and env kwargs

@@ -2,7 +2,8 @@
 
 Training episodes go to ``driving/*`` and ``reward_terms/*``; evaluation episodes (:class:`DrivingEvalCallback`)
 to ``eval/*`` and ``eval/reward_terms/*``. Each value is a mean over the episodes finished since the last dump.
-Envs that do not follow the driving env contract (no ``reward_terms`` etc. in ``info``) log nothing extra.
+The metrics are :class:`~sb3_av.evaluation.EpisodeMetrics`', the same as ``evaluate()``'s (``mean_speed_ms`` is
+distance over simulation time). Envs that do not follow the driving env contract log nothing extra.
 """
 
 from __future__ import annotations
@@ -12,69 +13,38 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.logger import Logger
+
+from sb3_av.evaluation import EpisodeMetrics
 
 __all__ = ["DrivingEvalCallback", "DrivingMetricsCallback", "EpisodeMetrics"]
 
+#: :meth:`EpisodeMetrics.finish` key -> logged name (a mean over episodes, so the 0/1 flags become rates).
+LOGGED_METRICS: dict[str, str] = {
+    "route_completion": "route_completion",
+    "collision": "collision_rate",
+    "off_road": "off_road_rate",
+    "is_success": "success_rate",
+    "distance_m": "distance_m",
+    "sim_time_s": "episode_sim_time_s",
+    "mean_speed_ms": "mean_speed_ms",
+}
 
-class EpisodeMetrics:
-    """Accumulates one env's ``info`` dicts over an episode and returns the episode's metrics.
 
-    Metrics (when the info key exists): ``route_completion`` (0..1, at the end), ``collision_rate`` and
-    ``off_road_rate`` (1 if any step reported it), ``success_rate`` (``is_success`` at the end), ``distance_m``,
-    ``episode_sim_time_s`` (simulation time, s), ``mean_speed_ms`` (mean over steps, m/s), and
-    ``reward_terms/<name>``: the sum of each weighted term over the episode.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the current episode."""
-        self._terms: dict[str, float] = defaultdict(float)
-        self._speeds: list[float] = []
-        self._collision = False
-        self._off_road = False
-
-    def add(self, info: dict[str, Any]) -> None:
-        """Add one step's ``info``."""
-        for name, value in (info.get("reward_terms") or {}).items():
-            self._terms[name] += float(value)
-        if "speed_ms" in info:
-            self._speeds.append(float(info["speed_ms"]))
-        self._collision = self._collision or bool(info.get("collision", False))
-        self._off_road = self._off_road or bool(info.get("off_road", False))
-
-    def finish(self, info: dict[str, Any]) -> dict[str, float]:
-        """The metrics of the episode whose last step's ``info`` is given (already :meth:`add`-ed); then reset.
-
-        :return: metric name -> value; empty for an env without the driving info keys.
-        """
-        metrics: dict[str, float] = {}
-        if "route_completion" in info:
-            metrics["route_completion"] = float(info["route_completion"])
-        if "collision" in info:
-            metrics["collision_rate"] = float(self._collision)
-        if "off_road" in info:
-            metrics["off_road_rate"] = float(self._off_road)
-        if "is_success" in info and "route_completion" in info:
-            metrics["success_rate"] = float(bool(info["is_success"]))
-        if "distance_m" in info:
-            metrics["distance_m"] = float(info["distance_m"])
-        if "sim_time_s" in info:
-            metrics["episode_sim_time_s"] = float(info["sim_time_s"])
-        if self._speeds:
-            metrics["mean_speed_ms"] = float(np.mean(self._speeds))
-        for name, total in self._terms.items():
-            metrics[f"reward_terms/{name}"] = total
-        self.reset()
-        return metrics
+def _record(logger: Logger, episode: dict[str, Any], metrics_prefix: str, terms_prefix: str) -> None:
+    """Record a finished episode: ``<metrics_prefix><name>`` and ``<terms_prefix>reward_terms/<term>``."""
+    for key, name in LOGGED_METRICS.items():
+        if key in episode:
+            logger.record_mean(f"{metrics_prefix}{name}", float(episode[key]))
+    for term, total in episode.get("reward_terms", {}).items():
+        logger.record_mean(f"{terms_prefix}reward_terms/{term}", total)
 
 
 class DrivingMetricsCallback(BaseCallback):
     """Log the driving metrics and reward terms of training episodes (see :class:`EpisodeMetrics`).
 
-    Tags: ``driving/<metric>`` and ``reward_terms/<name>``, averaged over the episodes finished since the
-    last logger dump (SB3 dumps every ``log_interval`` episodes).
+    Tags: ``driving/<metric>`` (:data:`LOGGED_METRICS`) and ``reward_terms/<name>``, averaged over the episodes
+    finished since the last logger dump (SB3 dumps every ``log_interval`` episodes).
 
     :param verbose: unused, for SB3's signature.
     """
@@ -89,12 +59,10 @@ class DrivingMetricsCallback(BaseCallback):
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", [])
         dones = self.locals.get("dones", np.zeros(len(infos), dtype=bool))
-        for i, (info, done) in enumerate(zip(infos, dones, strict=False)):
-            self._episodes[i].add(info)
+        for episode, info, done in zip(self._episodes, infos, dones, strict=False):
+            episode.add(info)
             if done:
-                for name, value in self._episodes[i].finish(info).items():
-                    tag = name if name.startswith("reward_terms/") else f"driving/{name}"
-                    self.logger.record_mean(tag, value)
+                _record(self.logger, episode.finish(), "driving/", "")
         return True
 
 
@@ -112,9 +80,7 @@ class DrivingEvalCallback(EvalCallback):
 
     def _log_success_callback(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
         super()._log_success_callback(locals_, globals_)
-        info = locals_["info"]
         episode = self._eval_episodes[locals_["i"]]
-        episode.add(info)
+        episode.add(locals_["info"])
         if locals_["done"]:
-            for name, value in episode.finish(info).items():
-                self.logger.record_mean(f"eval/{name}", value)
+            _record(self.logger, episode.finish(), "eval/", "eval/")
