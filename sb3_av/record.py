@@ -1,0 +1,305 @@
+"""Watch an agent drive: evaluation episodes of a model, a run folder or the baseline as an MP4 and a GIF.
+
+Each video frame shows, side by side, a larger top-down view of the road (the route in yellow, NPC vehicles in
+red, the ego in green; ``view_px`` pixels at ``view_ppm`` pixels per metre, heading up) and the agent's own
+observation (its stack of 84x84 grayscale frames, newest last, scaled up), above a text panel with the step,
+the speed, the action (steer, throttle/brake), the weighted reward terms of that step and the gradient-norm
+alerts that the run logged up to the model's training step. The last frames of an episode say how it ended.
+
+Frames are encoded by imageio (FFmpeg through imageio-ffmpeg for the MP4, Pillow for the GIF), headless.
+The top-down view needs the embedded simulator's state; CARLA envs are not supported yet (see README).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from sb3_av.baselines import PIDPurePursuit
+
+__all__ = ["Alert", "RecordError", "StepOverlay", "compose_frame", "record_episodes", "write_video"]
+
+#: Grayscale values of the Lite camera (sb3_av.envs.lite.render) -> colours of the recording's view.
+_PALETTE_ENTRIES = {0: (34, 70, 40), 90: (85, 85, 90), 200: (235, 235, 235), 255: (220, 60, 60), 150: (60, 200, 90)}
+_ROAD_GRAYS = (90, 200)  # road surface and lane lines: where the route is drawn
+_ROUTE_RGB = (250, 210, 40)
+_PANEL_RGB = (18, 18, 22)
+_TEXT_RGB = (235, 235, 235)
+_ALERT_RGB = (255, 120, 90)
+_PANEL_LINES = 5
+_LINE_PX = 18
+_FONT_PX = 14
+_GAP_PX = 8
+_MACRO_BLOCK = 16  # H.264 encodes frames whose sides are multiples of 16 without resizing them
+
+
+class RecordError(Exception):
+    """What the user asked for cannot be recorded (unsupported env, bad output path, ...)."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A gradient-norm explosion alert logged by a run (``alerts/gradient_explosion_{level}`` in TensorBoard).
+
+    :param step: training step (env steps) it was raised at.
+    :param level: ``"warning"`` or ``"critical"``.
+    :param norm: the offending before-clip global L2 norm (inf for a non-finite gradient).
+    """
+
+    step: int
+    level: str
+    norm: float
+
+
+@dataclass(frozen=True)
+class StepOverlay:
+    """What the text panel says about one step.
+
+    :param title: first line (env id, episode, seed).
+    :param step: agent steps since the episode started.
+    :param sim_time_s: simulation time (s).
+    :param speed_ms: ego speed (m/s).
+    :param action: ``[steer, throttle_brake]`` applied at this step.
+    :param reward_terms: weighted reward terms of this step.
+    :param alerts: the line about gradient alerts ("" when the run logged none or this is not a run).
+    :param ending: how the episode ended, on its last frames ("" before).
+    """
+
+    title: str
+    step: int
+    sim_time_s: float
+    speed_ms: float
+    action: np.ndarray
+    reward_terms: dict[str, float]
+    alerts: str = ""
+    ending: str = ""
+
+    def lines(self) -> list[str]:
+        """The panel's text lines."""
+        steer, pedal = float(self.action[0]), float(self.action[1])
+        terms = "  ".join(f"{name} {value:+.2f}" for name, value in self.reward_terms.items() if value != 0.0)
+        return [
+            self.title,
+            f"step {self.step}  t {self.sim_time_s:5.2f} s  speed {self.speed_ms:4.1f} m/s  "
+            f"steer {steer:+.2f}  throttle {max(pedal, 0.0):.2f}  brake {max(-pedal, 0.0):.2f}",
+            f"reward {sum(self.reward_terms.values()):+.3f}: {terms or '-'}",
+            self.alerts,
+            self.ending,
+        ]
+
+
+def _palette() -> np.ndarray:
+    table = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    for gray, rgb in _PALETTE_ENTRIES.items():
+        table[gray] = rgb
+    return table
+
+
+class _LiteView:
+    """A larger, coloured top-down view of the embedded simulator around the ego, with the route drawn in.
+
+    :param backend: the env's :class:`~sb3_av.envs.lite.backend.LiteBackend`.
+    :param view_px: side of the view (pixels).
+    :param view_ppm: scale (pixels per metre).
+    """
+
+    _EGO_ROW = 0.7
+
+    def __init__(self, backend: Any, view_px: int, view_ppm: float) -> None:
+        from sb3_av.envs.lite.render import TopDownCamera
+
+        self.backend = backend
+        self.size = int(view_px)
+        self.ppm = float(view_ppm)
+        self.camera = TopDownCamera(backend.road, size=self.size, pixels_per_m=self.ppm, ego_row_fraction=self._EGO_ROW)
+        self.palette = _palette()
+
+    def render(self, route_points: np.ndarray) -> Image.Image:
+        """The view of the current simulation state."""
+        ego = self.backend.ego
+        npcs = self.backend.npcs
+        boxes = np.array([[n.position[0], n.position[1], n.heading, n.LENGTH, n.WIDTH] for n in npcs]).reshape(-1, 5)
+        x, y, yaw = float(ego.position[0]), float(ego.position[1]), float(ego.heading)
+        gray = self.camera.render(x, y, yaw, boxes, (ego.LENGTH, ego.WIDTH))
+        rgb = self.palette[gray]
+        # The route goes under the vehicles: drawn as a mask, then painted on road pixels only.
+        mask = Image.new("L", (self.size, self.size), 0)
+        ImageDraw.Draw(mask).line([tuple(p) for p in self._to_pixels(route_points, x, y, yaw)], fill=255, width=2)
+        rgb[(np.asarray(mask) > 0) & np.isin(gray, _ROAD_GRAYS)] = _ROUTE_RGB
+        return Image.fromarray(rgb)
+
+    def _to_pixels(self, points: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
+        """World points -> view pixels (the camera's transform: view centre ahead of the ego, heading up)."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        ahead = (self._EGO_ROW - 0.5) * self.size / self.ppm
+        dx = points[:, 0] - (x + ahead * c)
+        dy = points[:, 1] - (y + ahead * s)
+        forward, left = c * dx + s * dy, -s * dx + c * dy
+        centre = self.size / 2
+        return np.stack([centre - left * self.ppm, centre - forward * self.ppm], axis=1)
+
+
+def compose_frame(view: Image.Image, agent_stack: np.ndarray, overlay: StepOverlay, font: Any = None) -> np.ndarray:
+    """One video frame: the view, the agent's frames in a grid beside it, the text panel below.
+
+    :param view: the top-down view (RGB, square).
+    :param agent_stack: ``(stack, H, W)`` uint8, the agent's observation image (newest last).
+    :param overlay: the panel's content.
+    :param font: a PIL font (default: Pillow's built-in font at 14 px).
+    :return: ``(height, width, 3)`` uint8 RGB, both sides multiples of 16.
+    """
+    font = font or ImageFont.load_default(size=_FONT_PX)
+    side = view.size[1]
+    n_frames = agent_stack.shape[0]
+    cols = math.ceil(math.sqrt(n_frames))
+    rows = math.ceil(n_frames / cols)
+    tile = (side - _GAP_PX * (rows - 1)) // rows
+    width = _round_up(side + _GAP_PX + cols * tile + _GAP_PX * (cols - 1), _MACRO_BLOCK)
+    height = _round_up(side + _PANEL_LINES * _LINE_PX + _GAP_PX, _MACRO_BLOCK)
+    canvas = Image.new("RGB", (width, height), _PANEL_RGB)
+    canvas.paste(view, (0, 0))
+    for k in range(n_frames):
+        frame = Image.fromarray(agent_stack[k]).convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
+        row, col = divmod(k, cols)
+        canvas.paste(frame, (side + _GAP_PX + col * (tile + _GAP_PX), row * (tile + _GAP_PX)))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(overlay.lines()):
+        colour = _ALERT_RGB if line and line in (overlay.alerts, overlay.ending) else _TEXT_RGB
+        draw.text((_GAP_PX, side + _GAP_PX // 2 + i * _LINE_PX), line, fill=colour, font=font)
+    return np.asarray(canvas)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def alerts_line(alerts: Sequence[Alert], training_step: int | None) -> str:
+    """The panel's alert line: the run's alerts up to ``training_step`` (all when None)."""
+    seen = [a for a in alerts if training_step is None or a.step <= training_step]
+    if not seen:
+        return ""
+    counts = {level: sum(a.level == level for a in seen) for level in ("warning", "critical")}
+    last = max(seen, key=lambda a: a.step)
+    return (
+        f"gradient alerts up to training step {training_step if training_step is not None else last.step}: "
+        f"{counts['warning']} warning, {counts['critical']} critical; last: {last.level} at step {last.step} "
+        f"(norm {last.norm:.3g})"
+    )
+
+
+def record_episodes(
+    agent: Any,
+    env: gym.Env,
+    n_episodes: int,
+    seed: int | None = None,
+    title: str = "",
+    alerts: str = "",
+    view_px: int = 352,
+    view_ppm: float = 5.0,
+    hold_last_s: float = 1.0,
+) -> Iterator[np.ndarray]:
+    """Run deterministic evaluation episodes and yield their video frames (one per agent step).
+
+    :param agent: a model with ``predict`` (SB3 style) or a :class:`~sb3_av.baselines.PIDPurePursuit`.
+    :param env: a Lite driving env (``gym.make("LiteScenario0-v0", ...)``; wrappers are fine).
+    :param n_episodes: episodes to record.
+    :param seed: seed of the first episode; episode k uses ``seed + k`` (as :func:`sb3_av.evaluation.evaluate`).
+    :param title: first text line (episode and seed are appended).
+    :param alerts: the alert line (see :func:`alerts_line`).
+    :param view_px: side of the top-down view (pixels).
+    :param view_ppm: its scale (pixels per metre).
+    :param hold_last_s: the last frame of each episode is repeated for this long (simulation seconds).
+    :raises RecordError: the env is not the embedded simulator.
+    """
+    backend = getattr(env.unwrapped, "backend", None)
+    if backend is None or not all(hasattr(backend, name) for name in ("road", "ego", "npcs")):
+        raise RecordError(
+            f"recording needs the embedded simulator's state (a LiteScenario env); got {env.spec.id if env.spec else env}"
+        )
+    view = _LiteView(backend, view_px, view_ppm)
+    font = ImageFont.load_default(size=_FONT_PX)
+    controller = isinstance(agent, PIDPurePursuit)
+    for episode in range(n_episodes):
+        episode_seed = None if seed is None else seed + episode
+        obs, info = env.reset(seed=episode_seed)
+        if controller:
+            agent.reset()
+        route_points = np.asarray(backend.route.points)
+        heading = f"{title}  episode {episode + 1}/{n_episodes}" + (
+            f"  seed {episode_seed}" if episode_seed is not None else ""
+        )
+        step, done, frame = 0, False, None
+        while not done:
+            action = agent.act(obs, info) if controller else agent.predict(obs, deterministic=True)[0]
+            obs, _, terminated, truncated, info = env.step(action)
+            step += 1
+            done = terminated or truncated
+            ending = _ending(info, truncated) if done else ""
+            overlay = StepOverlay(
+                heading, step, info["sim_time_s"], info["speed_ms"], np.asarray(action), info["reward_terms"], alerts, ending
+            )
+            frame = compose_frame(view.render(route_points), obs["image"], overlay, font)
+            yield frame
+        dt = float(info["sim_time_s"]) / max(step, 1)
+        for _ in range(round(hold_last_s / dt) if dt > 0 else 0):
+            yield frame
+
+
+def _ending(info: dict[str, Any], truncated: bool) -> str:
+    if info.get("is_success"):
+        outcome = "success: route completed"
+    elif truncated and not info.get("termination"):
+        outcome = "time limit"
+    else:
+        outcome = f"ended: {info.get('termination')}"
+    return f"{outcome} (route {100 * float(info['route_completion']):.0f}%, {float(info['distance_m']):.0f} m)"
+
+
+def write_video(
+    frames: Iterator[np.ndarray],
+    mp4_path: Path | None,
+    gif_path: Path | None,
+    fps: float,
+    gif_every: int = 2,
+    gif_scale: float = 0.5,
+) -> int:
+    """Encode frames to an MP4 (H.264) and/or a GIF, streaming (frames are not kept in memory for the MP4).
+
+    :param frames: RGB frames of one size.
+    :param mp4_path: where to write the MP4 (None: none).
+    :param gif_path: where to write the GIF (None: none).
+    :param fps: frames per second of the MP4 (the env's control rate for real time).
+    :param gif_every: keep every n-th frame in the GIF (its rate is ``fps / gif_every``).
+    :param gif_scale: size of the GIF relative to the MP4.
+    :return: the number of frames.
+    """
+    import imageio.v2 as imageio
+
+    if mp4_path is None and gif_path is None:
+        raise RecordError("nothing to write: give an MP4 path, a GIF path or both")
+    writer = (
+        imageio.get_writer(mp4_path, fps=fps, codec="libx264", quality=7, macro_block_size=_MACRO_BLOCK) if mp4_path else None
+    )
+    gif_frames: list[np.ndarray] = []
+    count = 0
+    try:
+        for count, frame in enumerate(frames, start=1):
+            if writer is not None:
+                writer.append_data(frame)
+            if gif_path is not None and (count - 1) % gif_every == 0:
+                image = Image.fromarray(frame)
+                size = (round(image.width * gif_scale), round(image.height * gif_scale))
+                gif_frames.append(np.asarray(image.resize(size, Image.Resampling.BILINEAR)))
+    finally:
+        if writer is not None:
+            writer.close()
+    if gif_path is not None and gif_frames:
+        imageio.mimsave(gif_path, gif_frames, duration=1000.0 * gif_every / fps, loop=0)
+    return count
