@@ -3,7 +3,7 @@
 SB3's :class:`~stable_baselines3.common.buffers.DictReplayBuffer` stores ``obs`` and ``next_obs`` in full: with a
 ``4x84x84`` uint8 frame stack that is two stacks, 56 KB a transition, 56 GB for a million transitions. Consecutive
 stacks of one episode share all but one frame, so :class:`FrameStackDictReplayBuffer` keeps a single ring of frames
-(``frames``, shared by every env) and, per transition, the ring positions of the frames of the ``obs`` stack and of
+(:class:`FrameRing`, shared by every env) and, per transition, the ring positions of the frames of the ``obs`` stack and of
 the ``next_obs`` stack. At sample time the stacks are gathered back from the ring.
 
 What is stored is decided by comparing contents, never by trusting ``done`` flags or the env's reset convention:
@@ -22,7 +22,7 @@ buffer uses it. If a stream needs more room (episodes shorter than about ``1 / f
 many arbitrary stacks), the ring grows, with a warning, instead of ever returning a wrong stack: every transition
 that SB3's buffer can sample is rebuilt exactly, and the sampling draws the same indices from ``np.random`` as SB3.
 
-Other keys of the Dict space are stored as SB3 stores them (``obs`` and ``next_obs`` in full, in
+Other keys of the Dict space are stored by SB3's own ``DictReplayBuffer.add`` (``obs`` and ``next_obs`` in full, in
 ``observations`` / ``next_observations``, which therefore hold no entry for the stacked key).
 
 ``n_steps > 1`` gives n-step returns exactly as SB3's :class:`~stable_baselines3.common.buffers.NStepReplayBuffer`
@@ -40,10 +40,11 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import get_obs_shape
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-__all__ = ["DEFAULT_FRAME_RESERVE", "FrameStackDictReplayBuffer", "default_replay_buffer_for"]
+__all__ = ["DEFAULT_FRAME_RESERVE", "FrameRing", "FrameStackDictReplayBuffer", "default_replay_buffer_for"]
 
 #: Default room for episode starts, as extra frames per stored transition (1/16: no growth while episodes
 #: average 16 steps or more; the ring grows, with a warning, for shorter ones).
@@ -89,12 +90,134 @@ def default_replay_buffer_for(observation_space: spaces.Space) -> tuple[type[Rep
     return None
 
 
-class FrameStackDictReplayBuffer(DictReplayBuffer):
-    """Dict replay buffer that stores each new frame of a stacked image observation once.
+def _check_settings(optimize_memory_usage: bool, frame_reserve: Any, n_steps: Any, gamma: float) -> float:
+    """Check the buffer's own settings; return ``frame_reserve`` as a float."""
+    if optimize_memory_usage:
+        raise ValueError(
+            "FrameStackDictReplayBuffer does not support optimize_memory_usage=True (nor does SB3's "
+            "DictReplayBuffer); it already stores each frame once. Set optimize_memory_usage=False."
+        )
+    try:
+        reserve = float(frame_reserve)
+    except (TypeError, ValueError):
+        reserve = math.nan
+    if not (math.isfinite(reserve) and reserve >= 0):
+        raise ValueError(f"frame_reserve must be a finite number >= 0 (extra frames per transition), got {frame_reserve!r}")
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    return reserve
 
-    A drop-in replacement for :class:`~stable_baselines3.common.buffers.DictReplayBuffer` (same constructor, same
-    ``add()``, same samples for the same ``np.random`` state): pass it as ``replay_buffer_class`` to TD3/SAC/DDPG.
-    See the module docstring for how the stacks are stored and rebuilt.
+
+class FrameRing:
+    """The frames of stacked image observations, each stored once, and the stacks as frame numbers.
+
+    Frame number ``f`` lives in ``frames[f % capacity]``. Per env the ring remembers the last ``next_obs`` stack it
+    was given: an ``obs`` equal to it reuses its frame numbers, a ``next_obs`` equal to ``obs`` shifted by one frame
+    adds its newest frame only, any other stack adds its frames (a frame equal to the one before it in the stack
+    once). A frame still needed is never overwritten: the ring grows, with a warning, instead.
+
+    :param n_envs: number of parallel envs.
+    :param stack_size: frames per stack.
+    :param frame_shape: ``(height, width)`` of a frame.
+    :param capacity: initial number of frame slots.
+    :param frame_reserve: the buffer's room for episode starts (named in the growth warning).
+    """
+
+    def __init__(self, n_envs: int, stack_size: int, frame_shape: tuple[int, int], capacity: int, frame_reserve: float):
+        self.frame_reserve = frame_reserve
+        self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
+        #: Frames written so far (the number the next frame gets) and how often the ring grew.
+        self.n_written = 0
+        self.n_growths = 0
+        # The last next_obs stack of each env, to recognise the obs that continues it
+        self._last_next = np.zeros((n_envs, stack_size, *frame_shape), dtype=np.uint8)
+        self._last_next_ids = np.zeros((n_envs, stack_size), dtype=np.int64)
+        self._has_last = np.zeros(n_envs, dtype=bool)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frames and of the per-env copy of the last stacks."""
+        return self.frames.nbytes + self._last_next.nbytes + self._last_next_ids.nbytes + self._has_last.nbytes
+
+    def gather(self, frame_ids: np.ndarray) -> np.ndarray:
+        """The frames of ``frame_ids`` (any shape ``S``), as a new ``(*S, height, width)`` uint8 array."""
+        return np.take(self.frames, frame_ids % len(self.frames), axis=0)
+
+    def add(self, images: np.ndarray, next_images: np.ndarray, keep_from: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Store one transition's stacks of every env; return their frame numbers.
+
+        :param images: ``(n_envs, stack, height, width)`` uint8 ``obs`` stacks.
+        :param next_images: the ``next_obs`` stacks, same shape.
+        :param keep_from: the smallest frame number other stored transitions still use; None when there are none.
+        :return: ``(n_envs, stack)`` frame numbers of the ``obs`` stacks and of the ``next_obs`` stacks.
+        """
+        new_frames: list[np.ndarray] = []
+        obs_ids = np.empty(self._last_next_ids.shape, dtype=np.int64)
+        next_ids = np.empty(self._last_next_ids.shape, dtype=np.int64)
+        for env, (image, next_image) in enumerate(zip(images, next_images, strict=True)):
+            if self._has_last[env] and np.array_equal(image, self._last_next[env]):
+                obs_ids[env] = self._last_next_ids[env]
+            else:
+                self._queue(image, obs_ids[env], 0, new_frames)
+            if np.array_equal(next_image[:-1], image[1:]):  # obs shifted by one frame: only the newest is new
+                next_ids[env, :-1] = obs_ids[env, 1:]
+                self._queue(next_image, next_ids[env], len(next_image) - 1, new_frames)
+            else:
+                self._queue(next_image, next_ids[env], 0, new_frames)
+        if new_frames:
+            oldest_needed = min(int(obs_ids.min()), int(next_ids.min()), *([] if keep_from is None else [keep_from]))
+            self._write(new_frames, oldest_needed)
+        self._last_next[:] = next_images
+        self._last_next_ids[:] = next_ids
+        self._has_last[:] = True
+        return obs_ids, next_ids
+
+    def _queue(self, stack: np.ndarray, ids: np.ndarray, first: int, new_frames: list[np.ndarray]) -> None:
+        """Number the frames ``stack[first:]`` into ``ids[first:]``, queueing each one not equal to the one before."""
+        for j in range(first, len(stack)):
+            if j > 0 and np.array_equal(stack[j], stack[j - 1]):
+                ids[j] = ids[j - 1]
+            else:
+                ids[j] = self.n_written + len(new_frames)
+                new_frames.append(stack[j])
+
+    def _write(self, new_frames: list[np.ndarray], oldest_needed: int) -> None:
+        """Write the queued frames, growing the ring first if they would overwrite frame ``oldest_needed`` or later."""
+        end = self.n_written + len(new_frames)
+        if end - oldest_needed > len(self.frames):
+            self._grow(end - oldest_needed, oldest_needed)
+        self.frames[np.arange(self.n_written, end, dtype=np.int64) % len(self.frames)] = np.stack(new_frames)
+        self.n_written = end
+
+    def _grow(self, needed_capacity: int, oldest_needed: int) -> None:
+        """Reallocate the ring with room for ``needed_capacity`` frames, keeping frames from ``oldest_needed`` on."""
+        old = self.frames
+        capacity = max(needed_capacity, math.ceil(len(old) * _GROWTH))
+        if self.frame_reserve > 0:
+            cause = f"episodes average fewer than about 1 / frame_reserve = {1 / self.frame_reserve:.0f} steps"
+        else:
+            cause = "frame_reserve=0 leaves no room for episode starts"
+        warnings.warn(
+            f"FrameStackDictReplayBuffer: the frame ring is full ({len(old)} frames); growing it to {capacity} frames "
+            f"({capacity * old[0].nbytes / 1e9:.2f} GB): {cause}, or stacks are often not continuations of the "
+            "previous ones. Pass a larger frame_reserve (replay_buffer_kwargs) to avoid this copy."
+        )
+        live = np.arange(oldest_needed, self.n_written, dtype=np.int64)
+        self.frames = np.zeros((capacity, *old.shape[1:]), dtype=np.uint8)
+        self.frames[live % capacity] = old[live % len(old)]
+        self.n_growths += 1
+
+
+class FrameStackDictReplayBuffer(DictReplayBuffer):
+    """SB3's :class:`~stable_baselines3.common.buffers.DictReplayBuffer` with the stacked image key in a
+    :class:`FrameRing`: each new frame is stored once.
+
+    A drop-in replacement (same constructor, same ``add()``, same samples for the same ``np.random`` state): pass it
+    as ``replay_buffer_class`` to TD3/SAC/DDPG. SB3's ``add()`` stores the other keys, actions, rewards and flags;
+    this class keeps, per transition, the frame numbers of the ``obs`` and ``next_obs`` stacks and gathers the
+    stacks back at sample time. See the module docstring for what that costs.
 
     :param buffer_size: max number of transitions, all envs together (as in SB3: ``buffer_size // n_envs`` rows).
     :param observation_space: a Dict space whose ``image_key`` entry is a uint8 Box ``(stack, height, width)``,
@@ -127,86 +250,41 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
     ):
         box = _check_stacked_image_space(observation_space, image_key)
         assert isinstance(observation_space, spaces.Dict)  # checked above, for the type checker
-        if optimize_memory_usage:
-            raise ValueError(
-                "FrameStackDictReplayBuffer does not support optimize_memory_usage=True (nor does SB3's "
-                "DictReplayBuffer); it already stores each frame once. Set optimize_memory_usage=False."
-            )
-        try:
-            reserve = float(frame_reserve)
-        except (TypeError, ValueError):
-            reserve = math.nan
-        if not (math.isfinite(reserve) and reserve >= 0):
-            raise ValueError(
-                f"frame_reserve must be a finite number >= 0 (extra frames per transition), got {frame_reserve!r}"
-            )
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-
-        # BaseBuffer.__init__, skipping DictReplayBuffer's allocation of the full stacks (as SB3 does in its own init)
-        super(ReplayBuffer, self).__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs)
-        self.buffer_size = max(buffer_size // n_envs, 1)
-        self.optimize_memory_usage = False
-        self.handle_timeout_termination = handle_timeout_termination
+        reserve = _check_settings(optimize_memory_usage, frame_reserve, n_steps, gamma)
+        # SB3's storage for every key but the image (its full stacks would be 56 KB a transition), then the whole space
+        others = spaces.Dict({key: space for key, space in observation_space.spaces.items() if key != image_key})
+        super().__init__(buffer_size, others, action_space, device, n_envs, False, handle_timeout_termination)
+        self.observation_space = observation_space
+        self.obs_shape = get_obs_shape(observation_space)  # type: ignore[assignment]
         self.image_key = image_key
         self.frame_reserve = reserve
         self.n_steps = n_steps
         self.gamma = gamma
         self.stack_size, height, width = (int(d) for d in box.shape)
         self.frame_shape = (height, width)
-
-        # Keys other than image_key: stored as in SB3
-        self.observations = {
-            key: np.zeros((self.buffer_size, self.n_envs, *shape), dtype=observation_space[key].dtype)
-            for key, shape in self.obs_shape.items()
-            if key != image_key
-        }
-        self.next_observations = {
-            key: np.zeros((self.buffer_size, self.n_envs, *shape), dtype=observation_space[key].dtype)
-            for key, shape in self.obs_shape.items()
-            if key != image_key
-        }
-        self.actions = np.zeros(
-            (self.buffer_size, self.n_envs, self.action_dim), dtype=self._maybe_cast_dtype(action_space.dtype)
-        )
-        self.rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
-        self.dones = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
-        self.timeouts = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
-
-        # The frame ring and, per transition, the absolute frame numbers of the obs / next_obs stacks
-        # (frame number f lives in frames[f % len(frames)]).
-        n_frames = math.ceil(self.buffer_size * self.n_envs * (1.0 + self.frame_reserve)) + 2 * self.stack_size * self.n_envs
-        self.frames = np.zeros((n_frames, height, width), dtype=np.uint8)
+        n_frames = math.ceil(self.buffer_size * self.n_envs * (1.0 + reserve)) + 2 * self.stack_size * self.n_envs
+        self.ring = FrameRing(self.n_envs, self.stack_size, self.frame_shape, n_frames, reserve)
+        # Per transition, the frame numbers of the obs / next_obs stacks
         self.obs_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
         self.next_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
-        self.n_frames_written = 0
-        self.n_ring_growths = 0
-        # The last next_obs stack of each env, to recognise the obs that continues it
-        self._last_next_image = np.zeros((self.n_envs, self.stack_size, height, width), dtype=np.uint8)
-        self._last_next_ids = np.zeros((self.n_envs, self.stack_size), dtype=np.int64)
-        self._has_last = np.zeros(self.n_envs, dtype=bool)
 
     # ------------------------------------------------------------------------------------------ memory accounting
     @property
+    def n_frames_written(self) -> int:
+        """Frames stored so far (one a step plus the frames of episode starts and arbitrary stacks)."""
+        return self.ring.n_written
+
+    @property
+    def n_ring_growths(self) -> int:
+        """How often the frame ring grew (each time with a warning)."""
+        return self.ring.n_growths
+
+    @property
     def nbytes(self) -> int:
         """Bytes of every array the buffer holds (frames, pointers, other keys, actions, rewards, flags)."""
-        arrays: list[np.ndarray] = [
-            self.frames,
-            self.obs_frame_ids,
-            self.next_frame_ids,
-            self.actions,
-            self.rewards,
-            self.dones,
-            self.timeouts,
-            self._last_next_image,
-            self._last_next_ids,
-            self._has_last,
-            *self.observations.values(),
-            *self.next_observations.values(),
-        ]
-        return int(sum(a.nbytes for a in arrays))
+        arrays = [self.obs_frame_ids, self.next_frame_ids, self.actions, self.rewards, self.dones, self.timeouts]
+        arrays += [*self.observations.values(), *self.next_observations.values()]
+        return self.ring.nbytes + int(sum(a.nbytes for a in arrays))
 
     @property
     def nbytes_per_transition(self) -> float:
@@ -214,70 +292,6 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         return self.nbytes / (self.buffer_size * self.n_envs)
 
     # ----------------------------------------------------------------------------------------------------- adding
-    def _plan_stack(self, stack: np.ndarray, next_id: int, new_frames: list[np.ndarray]) -> tuple[np.ndarray, int]:
-        """Queue the frames of a stack that shares nothing with stored ones; a repeated frame is queued once.
-
-        :param stack: ``(stack, height, width)`` uint8 frames.
-        :param next_id: frame number the next queued frame will get.
-        :param new_frames: queue of frames to write (appended to).
-        :return: the ``(stack,)`` frame numbers of the stack and the updated ``next_id``.
-        """
-        ids = np.empty(self.stack_size, dtype=np.int64)
-        for j in range(self.stack_size):
-            if j > 0 and np.array_equal(stack[j], stack[j - 1]):
-                ids[j] = ids[j - 1]
-            else:
-                new_frames.append(stack[j])
-                ids[j] = next_id
-                next_id += 1
-        return ids, next_id
-
-    def _oldest_needed_frame(self, obs_ids: np.ndarray, next_ids: np.ndarray) -> int:
-        """Smallest frame number still used once row ``pos`` holds ``obs_ids`` / ``next_ids``.
-
-        Per env, the smallest frame number of a row never decreases from one row to the next (a row reuses frames
-        of the row before or adds newer ones), so the oldest other row still in the buffer bounds all the others.
-        """
-        needed = min(int(obs_ids.min()), int(next_ids.min()))
-        if self.full and self.buffer_size > 1:
-            oldest = (self.pos + 1) % self.buffer_size
-        elif not self.full and self.pos > 0:
-            oldest = 0
-        else:
-            return needed
-        return min(needed, int(self.obs_frame_ids[oldest].min()), int(self.next_frame_ids[oldest].min()))
-
-    def _grow_frames(self, needed_capacity: int, oldest_needed: int) -> None:
-        """Reallocate the frame ring with room for ``needed_capacity`` frames, keeping frames from ``oldest_needed``."""
-        old = self.frames
-        capacity = max(needed_capacity, math.ceil(len(old) * _GROWTH))
-        if self.frame_reserve > 0:
-            cause = f"episodes average fewer than about 1 / frame_reserve = {1 / self.frame_reserve:.0f} steps"
-        else:
-            cause = "frame_reserve=0 leaves no room for episode starts"
-        warnings.warn(
-            f"FrameStackDictReplayBuffer: the frame ring is full ({len(old)} frames for {self.buffer_size * self.n_envs} "
-            f"transitions); growing it to {capacity} frames ({capacity * old[0].nbytes / 1e9:.2f} GB): {cause}, or "
-            "stacks are often not continuations of the previous ones. Pass a larger frame_reserve "
-            "(replay_buffer_kwargs) to avoid this copy."
-        )
-        frames = np.zeros((capacity, *self.frame_shape), dtype=np.uint8)
-        live = np.arange(oldest_needed, self.n_frames_written, dtype=np.int64)
-        frames[live % capacity] = old[live % len(old)]
-        self.frames = frames
-        self.n_ring_growths += 1
-
-    def _stacked(self, images: Any, name: str) -> np.ndarray:
-        """Return the stacked images of all envs as ``(n_envs, stack, height, width)`` uint8, checking the shape."""
-        array = np.asarray(images)
-        shape = (self.n_envs, self.stack_size, *self.frame_shape)
-        if array.size != math.prod(shape):
-            raise ValueError(
-                f"FrameStackDictReplayBuffer.add: {name}[{self.image_key!r}] has shape {array.shape}, expected {shape} "
-                "(n_envs, stack, height, width)."
-            )
-        return array.reshape(shape)
-
     def add(  # type: ignore[override]
         self,
         obs: dict[str, np.ndarray],
@@ -298,82 +312,43 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         """
         images = self._stacked(obs[self.image_key], "obs")
         next_images = self._stacked(next_obs[self.image_key], "next_obs")
+        ids = self.ring.add(images, next_images, self._oldest_kept_frame())
+        self.obs_frame_ids[self.pos], self.next_frame_ids[self.pos] = ids
+        super().add(obs, next_obs, action, reward, done, infos)  # the other keys (it skips image_key) and the rest
 
-        # Decide, per env, which frames are new, and number them from n_frames_written on
-        new_frames: list[np.ndarray] = []
-        next_id = self.n_frames_written
-        obs_ids = np.empty((self.n_envs, self.stack_size), dtype=np.int64)
-        next_ids = np.empty((self.n_envs, self.stack_size), dtype=np.int64)
-        for env in range(self.n_envs):
-            image, next_image = images[env], next_images[env]
-            if self._has_last[env] and np.array_equal(image, self._last_next_image[env]):
-                obs_ids[env] = self._last_next_ids[env]
-            else:
-                obs_ids[env], next_id = self._plan_stack(image, next_id, new_frames)
-            if np.array_equal(next_image[:-1], image[1:]):
-                next_ids[env, :-1] = obs_ids[env, 1:]
-                if self.stack_size > 1 and np.array_equal(next_image[-1], next_image[-2]):
-                    next_ids[env, -1] = next_ids[env, -2]
-                else:
-                    new_frames.append(next_image[-1])
-                    next_ids[env, -1] = next_id
-                    next_id += 1
-            else:
-                next_ids[env], next_id = self._plan_stack(next_image, next_id, new_frames)
+    def _stacked(self, images: Any, name: str) -> np.ndarray:
+        """Return the stacked images of all envs as ``(n_envs, stack, height, width)`` uint8, checking the shape."""
+        array = np.asarray(images)
+        shape = (self.n_envs, self.stack_size, *self.frame_shape)
+        if array.size != math.prod(shape):
+            raise ValueError(
+                f"FrameStackDictReplayBuffer.add: {name}[{self.image_key!r}] has shape {array.shape}, expected {shape} "
+                "(n_envs, stack, height, width)."
+            )
+        return array.reshape(shape)
 
-        # Write the new frames where no transition still in the buffer needs the old ones
-        if new_frames:
-            oldest_needed = self._oldest_needed_frame(obs_ids, next_ids)
-            needed_capacity = next_id - oldest_needed
-            if needed_capacity > len(self.frames):
-                self._grow_frames(needed_capacity, oldest_needed)
-            slots = np.arange(self.n_frames_written, next_id, dtype=np.int64) % len(self.frames)
-            self.frames[slots] = np.stack(new_frames)
-            self.n_frames_written = next_id
-        self.obs_frame_ids[self.pos] = obs_ids
-        self.next_frame_ids[self.pos] = next_ids
-        self._last_next_image[:] = next_images
-        self._last_next_ids[:] = next_ids
-        self._has_last[:] = True
+    def _oldest_kept_frame(self) -> int | None:
+        """Smallest frame number used by the transitions that stay when row ``pos`` is overwritten; None if none.
 
-        # The other keys, actions, rewards and flags: as in SB3's DictReplayBuffer.add
-        for key in self.observations.keys():
-            # Reshape needed when using multiple envs with discrete observations
-            # as numpy cannot broadcast (n_discrete,) to (n_discrete, 1)
-            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
-                obs[key] = obs[key].reshape((self.n_envs,) + self.obs_shape[key])
-            self.observations[key][self.pos] = np.array(obs[key])
-        for key in self.next_observations.keys():
-            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
-                next_obs[key] = next_obs[key].reshape((self.n_envs,) + self.obs_shape[key])
-            self.next_observations[key][self.pos] = np.array(next_obs[key])
-
-        # Reshape to handle multi-dim and discrete action spaces, see GH #970 #1392
-        action = action.reshape((self.n_envs, self.action_dim))
-        self.actions[self.pos] = np.array(action)
-        self.rewards[self.pos] = np.array(reward)
-        self.dones[self.pos] = np.array(done)
-        if self.handle_timeout_termination:
-            self.timeouts[self.pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
-
-        self.pos += 1
-        if self.pos == self.buffer_size:
-            self.full = True
-            self.pos = 0
+        Per env, the smallest frame number of a row never decreases from one row to the next (a row reuses frames
+        of the row before or adds newer ones), so the oldest row that stays bounds all the others.
+        """
+        if self.full and self.buffer_size > 1:
+            oldest = (self.pos + 1) % self.buffer_size
+        elif not self.full and self.pos > 0:
+            oldest = 0
+        else:
+            return None
+        return min(int(self.obs_frame_ids[oldest].min()), int(self.next_frame_ids[oldest].min()))
 
     # --------------------------------------------------------------------------------------------------- sampling
-    def _observation(
-        self, frame_ids: np.ndarray, rows: np.ndarray, env_indices: np.ndarray, nxt: bool
-    ) -> dict[str, np.ndarray]:
+    def _observation(self, frame_ids: np.ndarray, rows: np.ndarray, env_indices: np.ndarray, nxt: bool) -> dict[str, Any]:
         """Rebuild the observation Dict (keys in the space's order) of the given rows and envs."""
         others = self.next_observations if nxt else self.observations
-        result: dict[str, np.ndarray] = {}
-        for key in self.obs_shape:
-            if key == self.image_key:
-                result[key] = np.take(self.frames, frame_ids[rows, env_indices] % len(self.frames), axis=0)
-            else:
-                result[key] = others[key][rows, env_indices]
-        return result
+        return {
+            key: self.ring.gather(frame_ids[rows, env_indices]) if key == self.image_key else others[key][rows, env_indices]
+            for key in self.obs_shape
+        }
 
     def _to_torch_dict(self, observation: dict[str, np.ndarray]) -> dict[str, th.Tensor]:
         """Tensors of an observation Dict; the gathered stacks are fresh arrays, so they are not copied again."""
@@ -384,6 +359,8 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         batch_inds: np.ndarray,
         env: VecNormalize | None = None,
     ) -> DictReplayBufferSamples:
+        """SB3's ``DictReplayBuffer._get_samples`` (stable-baselines3 2.9.2) with the stacks gathered from the ring;
+        tests/test_buffers.py checks the samples against SB3's buffer."""
         # Sample randomly the env idx (the same draw as SB3's DictReplayBuffer / NStepReplayBuffer)
         env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if self.n_steps > 1:
@@ -407,7 +384,9 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
     def _get_n_step_samples(
         self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
     ) -> DictReplayBufferSamples:
-        """N-step samples, step for step as SB3's ``NStepReplayBuffer._get_samples`` (with Dict observations)."""
+        """N-step samples, step for step as SB3's ``NStepReplayBuffer._get_samples`` (stable-baselines3 2.9.2), with
+        Dict observations, which SB3's n-step buffer does not take; tests/test_buffers.py checks the samples
+        against ``NStepReplayBuffer`` fed the flattened observations."""
         # The self.pos index would overlap two episodes when the buffer is full:
         # mark self.pos - 1 as truncated (temporarily) if it is neither done nor truncated
         last_valid_index = self.pos - 1

@@ -200,11 +200,11 @@ def test_ring_growth_warns_and_stays_exact():
     space = _obs_space()
     ref = DictReplayBuffer(20, space, ACTION_SPACE, device="cpu", n_envs=2)
     ours = FrameStackDictReplayBuffer(20, space, ACTION_SPACE, device="cpu", n_envs=2, frame_reserve=0.0)
-    capacity = len(ours.frames)
+    capacity = len(ours.ring.frames)
     with pytest.warns(UserWarning, match="frame_reserve"):
         for transition in _stream(np.random.default_rng(3), 2, 80, p_done=0.5):
             _add_both(ours, ref, transition)
-    assert len(ours.frames) > capacity and ours.n_ring_growths >= 1
+    assert len(ours.ring.frames) > capacity and ours.n_ring_growths >= 1
     for seed in range(5):
         _assert_same_samples(ours, ref, batch_size=40, seed=seed)
 
