@@ -26,7 +26,7 @@ from sb3_av.envs.carla import (
 )
 from sb3_av.envs.carla.backend import CarlaBackend, _server_lost
 from sb3_av.envs.carla.errors import CarlaSensorTimeout
-from sb3_av.envs.carla.route import _choose, carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
+from sb3_av.envs.carla.route import carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 from tests import carla_standin as cs
 
@@ -133,19 +133,6 @@ def test_route_follows_the_real_map(net):
     end_heading = math.atan2(*(pts[-1] - pts[-2])[::-1])
     assert end_heading == pytest.approx(math.pi / 2, abs=0.05)  # after the left turn, heading +y
     backend.close()
-
-
-def test_junction_choice_picks_the_requested_branch():
-    def wp(yaw, nxt=()):
-        return SimpleNamespace(transform=SimpleNamespace(rotation=SimpleNamespace(yaw=yaw)), next=lambda d: list(nxt))
-
-    current = wp(0.0)
-    left, straight, right = wp(-90.0), wp(0.0), wp(90.0)  # CARLA yaw: -90 = left
-    branches = [straight, right, left]
-    assert _choose(current, branches, "left") is left
-    assert _choose(current, branches, "right") is right
-    assert _choose(current, branches, "straight") is straight
-    assert _choose(current, [right, straight], "left") is straight  # no left branch: the smallest turn
 
 
 # ---------------------------------------------------------------------------------------------- images and frames

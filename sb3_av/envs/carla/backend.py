@@ -31,6 +31,7 @@ from sb3_av.envs.carla.config import CarlaConfig
 from sb3_av.envs.carla.connection import CarlaConnection
 from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaSensorTimeout
 from sb3_av.envs.carla.route import build_route, carla_to_world_xy, carla_to_world_yaw, route_spec, world_to_carla_steer
+from sb3_av.envs.carla.route import RouteStart, spawn_transform, start_waypoint
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 
 __all__ = ["CarlaBackend", "import_carla"]
@@ -343,15 +344,19 @@ class CarlaBackend(DrivingBackend):
         conn = self.conn
         if self._route_generation == conn.generation and self._route is not None:
             return
-        spawn_points = conn.map.get_spawn_points()
-        index = self.config.route_start_index
-        if not 0 <= index < len(spawn_points):
-            raise CarlaBackendError(
-                f"route_start_index {index} is out of range: {self.config.town} on {conn.address} "
-                f"has {len(spawn_points)} spawn points"
-            )
-        start = spawn_points[index]
-        start_wp = conn.map.get_waypoint(start.location, project_to_road=True, lane_type=self._carla.LaneType.Driving)
+        if self.config.route_start is not None:  # OpenDRIVE (road, lane, s): the same start on a server and offline
+            start_wp = start_waypoint(conn.map, RouteStart(*self.config.route_start))
+            start = spawn_transform(start_wp)
+        else:
+            spawn_points = conn.map.get_spawn_points()
+            index = self.config.route_start_index
+            if not 0 <= index < len(spawn_points):
+                raise CarlaBackendError(
+                    f"route_start_index {index} is out of range: {self.config.town} on {conn.address} "
+                    f"has {len(spawn_points)} spawn points"
+                )
+            start = spawn_points[index]
+            start_wp = conn.map.get_waypoint(start.location, project_to_road=True, lane_type=self._carla.LaneType.Driving)
         self._route_waypoints = build_route(
             start_wp, self.config.route_length_m, self.config.route_step_m, self.config.junction_choices
         )

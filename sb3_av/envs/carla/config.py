@@ -74,7 +74,11 @@ class CarlaConfig:
     :param camera_size: height = width (pixels) of the grayscale image; the camera renders at this size.
     :param camera_fov_deg: horizontal field of view of the camera (degrees).
     :param ego_blueprint: blueprint id of the ego vehicle.
-    :param route_start_index: index into ``Map.get_spawn_points()`` of the ego's start (the route's start).
+    :param route_start_index: index into ``Map.get_spawn_points()`` of the ego's start (the route's start);
+        used only when ``route_start`` is None.
+    :param route_start: OpenDRIVE ``(road_id, lane_id, s)`` (s in m) of the route's start: the ego spawns on
+        that waypoint, 0.5 m above it. None: the spawn point ``route_start_index``. The Town01 scenario
+        route (:data:`sb3_av.envs.carla.route.TOWN01_ROUTE`) is ``(24, -1, 10.0)`` with ``("left",)``.
     :param route_length_m: route length (m) along the map's waypoints.
     :param route_step_m: waypoint spacing (m) of the route polyline.
     :param junction_choices: the branch taken at each junction in turn (``"left"``, ``"right"``,
@@ -102,6 +106,7 @@ class CarlaConfig:
     camera_fov_deg: float = 90.0
     ego_blueprint: str = "vehicle.tesla.model3"
     route_start_index: int = 0
+    route_start: tuple[int, int, float] | None = None
     route_length_m: float = 250.0
     route_step_m: float = 2.0
     junction_choices: tuple[str, ...] = field(default=("left",))
@@ -116,6 +121,8 @@ class CarlaConfig:
         if bad:
             raise ValueError(f"junction_choices must contain only 'left', 'right', 'straight', got {bad}")
         object.__setattr__(self, "junction_choices", choices)
+        if self.route_start is not None:
+            object.__setattr__(self, "route_start", _route_start(self.route_start))
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -212,6 +219,15 @@ _POSITIVE = (
     "route_length_m",
     "route_step_m",
 )
+
+
+def _route_start(value: Any) -> tuple[int, int, float]:
+    ok = isinstance(value, list | tuple) and len(value) == 3
+    if not (ok and is_int(value[0]) and is_int(value[1]) and value[1] != 0 and is_finite_number(value[2]) and value[2] >= 0):
+        raise ValueError(
+            f"route_start must be None or OpenDRIVE (road_id, lane_id, s) with lane_id != 0 and s >= 0 m, got {value!r}"
+        )
+    return int(value[0]), int(value[1]), float(value[2])
 
 
 def _checked(host: str, port: int, tm_port: int) -> tuple[str, int, int]:
