@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -197,3 +198,118 @@ def test_image_is_not_blank_under_the_dummy_video_driver() -> None:
         "obs, _ = env.reset(seed=0); assert obs['image'].std() > 20, obs['image'].std()"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
+
+
+# ------------------------------------------------------------------ dynamics: unchanged, and parity with highway-env
+def _dynamics_fingerprint(env_id: str, seed: int, steps: int) -> tuple[float, ...]:
+    """Return, speed sum, resets, the final ego state and NPC state sums after a fixed action sequence."""
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    total, resets, speeds = 0.0, 0, 0.0
+    for t in range(steps):
+        action = np.array([0.3 * math.sin(t / 9.0), 0.6 if t % 50 < 40 else -0.3], dtype=np.float32)
+        _, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        speeds += info["speed_ms"]
+        if terminated or truncated:
+            resets += 1
+            env.reset(seed=seed + resets)
+    backend = env.unwrapped.backend
+    ego = backend.ego
+    npc_sums = np.array([[*v.position, v.heading, v.speed] for v in backend.npcs]).sum(axis=0)
+    env.close()
+    return (total, resets, speeds, *map(float, ego.position), float(ego.heading), float(ego.speed), *map(float, npc_sums))
+
+
+@pytest.mark.parametrize(
+    ("env_id", "seed", "steps", "expected"),
+    [
+        # Recorded from the code before the vehicle models moved into bicycle_step / idm_acceleration /
+        # lane_keeping_steering (bit-identical then); the learning results depend on these dynamics.
+        (
+            "LiteScenario0-v0",
+            5,
+            300,
+            (44.326759252914364, 1, 1849.387143473213, 104.9558820047127, -4.092052108495279, 0.011920057781162452,
+             2.4367367296069884, 3567.155457952952, 725.5399413669143, 8.552066998901573, 165.58066717048433),
+        ),
+        (
+            "LiteScenario2-v0",
+            1,
+            200,
+            (65.23308764433509, 0, 1171.8529408304132, 157.8545428575805, -2.2640461381279406, 0.17905174407634483,
+             9.093100876953516, 24198.89963573555, 14982.450267261867, 105.99940464464551, 640.4279158479515),
+        ),
+    ],
+)  # fmt: skip
+def test_dynamics_are_unchanged(env_id: str, seed: int, steps: int, expected: tuple[float, ...]) -> None:
+    assert _dynamics_fingerprint(env_id, seed, steps) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_wrap_angle_is_highway_envs_wrap_to_pi() -> None:
+    from highway_env.utils import wrap_to_pi
+
+    from sb3_av.envs.route import wrap_angle
+
+    angles = np.concatenate([np.linspace(-20.0, 20.0, 4001), [-math.pi, math.pi, 0.0, 3 * math.pi, -1e-17]])
+    assert [wrap_angle(float(a)) for a in angles] == [wrap_to_pi(float(a)) for a in angles]
+
+
+def _straight_road_npcs(speed: float, front_speed: float, gap: float) -> tuple[Any, Any]:
+    """Two NPCs of the Lite backend one behind the other on its first, straight route-lane segment."""
+    backend = _make(npc_vehicles=0).backend
+    backend.reset(seed=0)
+    road = backend.road
+    rear_s = 30.0
+    (rx, ry), heading = road.position(1, rear_s)
+    (fx, fy), _ = road.position(1, rear_s + gap)
+    from sb3_av.envs.lite.backend import _Npc
+
+    rear = _Npc(backend._hw_road, np.array([rx, ry]), heading, speed, target_speed=10.0, enable_lane_change=False)
+    front = _Npc(backend._hw_road, np.array([fx, fy]), heading, front_speed, target_speed=10.0, enable_lane_change=False)
+    for npc in (rear, front):
+        npc.setup(road, 1, 0)
+    return rear, front
+
+
+@pytest.mark.parametrize(("speed", "front_speed", "gap"), [(8.0, 6.0, 15.0), (3.0, 9.0, 40.0), (0.5, 0.0, 8.0)])
+def test_idm_acceleration_matches_highway_env(speed: float, front_speed: float, gap: float) -> None:
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    from sb3_av.envs.lite.backend import idm_acceleration
+
+    rear, front = _straight_road_npcs(speed, front_speed, gap)
+    assert idm_acceleration(rear, gap, front_speed) == pytest.approx(IDMVehicle.acceleration(rear, rear, front), rel=1e-9)
+    assert idm_acceleration(rear, None, 0.0) == pytest.approx(IDMVehicle.acceleration(rear, rear, None), rel=1e-9)
+
+
+@pytest.mark.parametrize(("lateral", "heading_offset", "speed"), [(0.0, 0.0, 8.0), (0.8, -0.1, 5.0), (-1.5, 0.3, 0.5)])
+def test_lane_keeping_steering_matches_highway_env(lateral: float, heading_offset: float, speed: float) -> None:
+    from highway_env.vehicle.controller import ControlledVehicle
+
+    from sb3_av.envs.lite.backend import lane_keeping_steering
+
+    npc, _ = _straight_road_npcs(speed, 0.0, 20.0)
+    npc.position = npc.position + lateral * np.array([-math.sin(npc.heading), math.cos(npc.heading)])
+    npc.heading += heading_offset
+    npc.update_chain_position()
+    ours = lane_keeping_steering(npc, npc.lane, npc._long, npc.lateral)
+    assert ours == pytest.approx(ControlledVehicle.steering_control(npc, npc.lane_index), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(("steering", "acceleration"), [(0.0, 1.0), (0.3, -2.0), (-0.5, 3.5)])
+def test_bicycle_step_matches_highway_env(steering: float, acceleration: float) -> None:
+    from highway_env.road.road import Road
+    from highway_env.vehicle.kinematics import Vehicle
+
+    from sb3_av.envs.lite.backend import bicycle_step
+
+    road = Road(network=_make(npc_vehicles=0).backend.road.network)
+    ours, upstream = (Vehicle(road, np.array([10.0, -2.0]), heading=0.4, speed=7.0) for _ in range(2))
+    for vehicle in (ours, upstream):
+        vehicle.action = {"steering": steering, "acceleration": acceleration}
+    for _ in range(20):
+        bicycle_step(ours, 0.05, max_speed=30.0, wrap_heading=False)
+        Vehicle.step(upstream, 0.05)
+    assert ours.position == pytest.approx(upstream.position, rel=1e-12)
+    assert (ours.heading, ours.speed) == pytest.approx((upstream.heading, upstream.speed), rel=1e-12)

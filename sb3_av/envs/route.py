@@ -15,7 +15,8 @@ __all__ = ["Projection", "Route", "wrap_angle"]
 
 
 def wrap_angle(angle: float) -> float:
-    """Wrap an angle to [-pi, pi).
+    """Wrap an angle to [-pi, pi): highway-env's ``utils.wrap_to_pi`` (1.12.1), the package's one angle wrapper,
+    kept here so that CARLA runs need no highway-env (tests/test_lite.py checks it against upstream).
 
     :param angle: angle (rad).
     """

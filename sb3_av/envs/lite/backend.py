@@ -21,8 +21,9 @@ from highway_env.vehicle.kinematics import Vehicle
 from sb3_av.envs.backend import DrivingBackend, Frame, RouteSpec
 from sb3_av.envs.lite.render import TopDownCamera
 from sb3_av.envs.lite.road import ROUTE_START_M, LiteRoad, build_road
+from sb3_av.envs.route import wrap_angle
 
-__all__ = ["LiteBackend"]
+__all__ = ["LiteBackend", "bicycle_step", "idm_acceleration", "lane_keeping_steering"]
 
 _MIN_SPAWN_GAP_M = 12.0  # centre-to-centre, same lane
 _EGO_CLEAR_BEHIND_M = 25.0
@@ -36,8 +37,58 @@ def _clamp(value: float, bound: float) -> float:
     return -bound if value < -bound else (bound if value > bound else value)
 
 
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+# The vehicle models below follow highway-env 1.12.1 in scalar maths (a step costs microseconds, not numpy calls);
+# tests/test_lite.py checks each against the upstream function it names.
+def bicycle_step(vehicle: Vehicle, dt: float, max_speed: float, wrap_heading: bool) -> None:
+    """One step of the kinematic bicycle of highway-env's ``Vehicle.step`` (1.12.1), in scalar maths, for the ego
+    and the NPCs: the rear-axle slip ``beta = atan(tan(steering) / 2)``, no reverse, speed capped at ``max_speed``.
+    Unlike upstream: no action clipping, no crash handling, no lane update (the backend tracks lanes).
+
+    :param vehicle: the vehicle, with ``action = {"steering": rad, "acceleration": m/s^2}``; moved in place.
+    :param dt: time step (s).
+    :param max_speed: speed cap (m/s).
+    :param wrap_heading: wrap the heading to [-pi, pi) (the ego's, which the env reports as its yaw).
+    """
+    beta = math.atan(0.5 * math.tan(vehicle.action["steering"]))
+    angle = vehicle.heading + beta
+    vehicle.position[0] += vehicle.speed * math.cos(angle) * dt
+    vehicle.position[1] += vehicle.speed * math.sin(angle) * dt
+    heading = vehicle.heading + vehicle.speed * math.sin(beta) / (vehicle.LENGTH / 2) * dt
+    vehicle.heading = wrap_angle(heading) if wrap_heading else heading
+    vehicle.speed = min(max(vehicle.speed + vehicle.action["acceleration"] * dt, 0.0), max_speed)
+
+
+def idm_acceleration(vehicle: IDMVehicle, gap_m: float | None, front_speed: float) -> float:
+    """highway-env's ``IDMVehicle.acceleration`` and ``desired_gap(projected=False)`` (1.12.1), given the gap.
+
+    :param vehicle: the IDM vehicle (its speed, ``target_speed`` and IDM parameters are used).
+    :param gap_m: centre-to-centre distance (m) to the leader along the lane, None when there is none.
+    :param front_speed: the leader's speed (m/s).
+    :return: the acceleration command (m/s^2), not yet clipped.
+    """
+    v = max(vehicle.speed, 0.0)
+    acc = vehicle.COMFORT_ACC_MAX * (1.0 - (v / max(vehicle.target_speed, 1e-3)) ** vehicle.DELTA)
+    if gap_m is not None:
+        ab = -vehicle.COMFORT_ACC_MAX * vehicle.COMFORT_ACC_MIN
+        d_star = vehicle.DISTANCE_WANTED + v * vehicle.TIME_WANTED + v * (v - front_speed) / (2.0 * math.sqrt(ab))
+        acc -= vehicle.COMFORT_ACC_MAX * (d_star / max(gap_m, 1e-3)) ** 2
+    return acc
+
+
+def lane_keeping_steering(vehicle: IDMVehicle, lane: Any, long_m: float, lat_m: float) -> float:
+    """highway-env's ``ControlledVehicle.steering_control`` (1.12.1) on ``lane``, given the vehicle's lane coordinates;
+    speeds below 1e-3 m/s count as 1e-3 (upstream: 1e-2).
+
+    :return: the front wheel angle (rad), within ``MAX_STEERING_ANGLE``.
+    """
+    v = max(vehicle.speed, 0.0)
+    v_safe = max(v, 1e-3)
+    future_heading = float(lane.heading_at(long_m + v * vehicle.TAU_PURSUIT))
+    heading_cmd = math.asin(_clamp(-vehicle.KP_LATERAL * lat_m / v_safe, 1.0))
+    heading_ref = future_heading + _clamp(heading_cmd, math.pi / 4)
+    rate = vehicle.KP_HEADING * wrap_angle(heading_ref - vehicle.heading)
+    slip = math.asin(_clamp(vehicle.LENGTH / 2 / v_safe * rate, 1.0))
+    return _clamp(math.atan(2 * math.tan(slip)), vehicle.MAX_STEERING_ANGLE)
 
 
 class _Ego(Vehicle):
@@ -47,11 +98,7 @@ class _Ego(Vehicle):
     heading: float
 
     def step(self, dt: float) -> None:
-        delta = self.action["steering"]
-        beta = math.atan(0.5 * math.tan(delta))
-        self.position += self.speed * np.array([math.cos(self.heading + beta), math.sin(self.heading + beta)]) * dt
-        self.heading = hw_utils.wrap_to_pi(self.heading + self.speed * math.sin(beta) / (self.LENGTH / 2) * dt)
-        self.speed = min(max(self.speed + self.action["acceleration"] * dt, 0.0), _MAX_SPEED_MS)
+        bicycle_step(self, dt, _MAX_SPEED_MS, wrap_heading=True)
 
     def on_state_update(self) -> None:  # lane tracking is done by the backend along the route chain
         pass
@@ -93,31 +140,15 @@ class _Npc(IDMVehicle):
         :param gap_m: centre-to-centre distance (m) to the leader on the chain, None when there is none.
         :param front_speed: the leader's speed (m/s).
         """
-        v = max(self.speed, 0.0)
-        acc = self.COMFORT_ACC_MAX * (1.0 - (v / max(self.target_speed, 1e-3)) ** self.DELTA)
-        if gap_m is not None:
-            ab = -self.COMFORT_ACC_MAX * self.COMFORT_ACC_MIN
-            d_star = self.DISTANCE_WANTED + v * self.TIME_WANTED + v * (v - front_speed) / (2.0 * math.sqrt(ab))
-            acc -= self.COMFORT_ACC_MAX * (d_star / max(gap_m, 1e-3)) ** 2
-        # highway-env's lane-keeping controller (ControlledVehicle.steering_control), in scalar maths.
-        v_safe = max(v, 1e-3)
-        future_heading = float(self.lane.heading_at(self._long + v * self.TAU_PURSUIT))
-        heading_cmd = math.asin(_clamp(-self.KP_LATERAL * self.lateral / v_safe, 1.0))
-        heading_ref = future_heading + _clamp(heading_cmd, math.pi / 4)
-        rate = self.KP_HEADING * _wrap(heading_ref - self.heading)
-        slip = math.asin(_clamp(self.LENGTH / 2 / v_safe * rate, 1.0))
-        steering = _clamp(math.atan(2 * math.tan(slip)), self.MAX_STEERING_ANGLE)
-        self.action = {"steering": steering, "acceleration": _clamp(acc, self.ACC_MAX)}
+        self.action = {
+            "steering": lane_keeping_steering(self, self.lane, self._long, self.lateral),
+            "acceleration": _clamp(idm_acceleration(self, gap_m, front_speed), self.ACC_MAX),
+        }
 
     def step(self, dt: float) -> None:
-        """highway-env's kinematic bicycle (``Vehicle.step``) in scalar maths, no reverse."""
+        """The kinematic bicycle (:func:`bicycle_step`), heading not wrapped, no speed cap."""
         self.timer += dt
-        beta = math.atan(0.5 * math.tan(self.action["steering"]))
-        angle = self.heading + beta
-        self.position[0] += self.speed * math.cos(angle) * dt
-        self.position[1] += self.speed * math.sin(angle) * dt
-        self.heading += self.speed * math.sin(beta) / (self.LENGTH / 2) * dt
-        self.speed = max(self.speed + self.action["acceleration"] * dt, 0.0)
+        bicycle_step(self, dt, math.inf, wrap_heading=False)
 
     def on_state_update(self) -> None:  # lane tracking by update_chain_position (no global closest-lane search)
         pass
