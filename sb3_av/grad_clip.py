@@ -8,10 +8,17 @@ bug of hand-rolled logging).
 All groups of one optimizer step are measured with a single fused :func:`torch._foreach_norm` call, then reduced
 per group on the device; clipping uses :func:`torch.nn.utils.clip_grads_with_norm_` with that precomputed norm,
 so nothing is read back to the host per parameter or per group.
+
+Two private torch APIs make this fast, each behind a capability check with a public fallback (tests/test_grad_clip.py
+fails if a torch release changes them, and checks that the fallbacks give the same norms and steps):
+``torch._foreach_norm`` (fallback: one :func:`torch.linalg.vector_norm` a tensor) and the ``found_inf`` attribute
+that fused optimizers read to skip a step on the device, as under :class:`torch.amp.GradScaler` (fallback: one
+boolean read of the device, then a plain conditional ``step()``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +29,11 @@ from torch import nn
 __all__ = [
     "CLIP_EPS",
     "GROUP_NAMES",
+    "HAS_FOREACH_NORM",
     "GroupClipper",
     "StepNorms",
     "global_grad_norm",
+    "skips_on_found_inf",
     "validate_max_grad_norms",
 ]
 
@@ -33,6 +42,12 @@ GROUP_NAMES: tuple[str, ...] = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_
 
 #: The epsilon of torch's clip coefficient ``max_norm / (norm + eps)``.
 CLIP_EPS = 1e-6
+
+#: Whether this torch has the fused per-tensor norm ``torch._foreach_norm`` (private; torch 2.13 has it).
+HAS_FOREACH_NORM: bool = callable(getattr(th, "_foreach_norm", None))
+
+# (optimizer class, device type) -> whether its step() honours ``found_inf`` (probed once, see skips_on_found_inf)
+_FOUND_INF_HONOURED: dict[tuple[type, str], bool] = {}
 
 
 def validate_max_grad_norms(max_grad_norms: Mapping[str, float | None] | None) -> dict[str, float | None]:
@@ -141,13 +156,13 @@ class GroupClipper:
         sums = th.zeros(len(self.names), dtype=th.float32, device=device)
         if not present:
             return sums
-        grads = [self._params[i].grad for i in present]
+        grads = [g for g in (self._params[i].grad for i in present) if g is not None]
         key = tuple(present)
         index = self._index_cache.get(key)
         if index is None:
             index = th.tensor([self._param_group[i] for i in present], dtype=th.long, device=device)
             self._index_cache[key] = index
-        per_tensor = th.stack(th._foreach_norm(grads, 2.0)).to(th.float32)  # type: ignore[arg-type]
+        per_tensor = th.stack(_tensor_norms(grads)).to(th.float32)
         return sums.index_add_(0, index, per_tensor.square()).sqrt()
 
     def _limit_tensor(self, like: th.Tensor) -> th.Tensor:
@@ -190,9 +205,59 @@ class GroupClipper:
         return StepNorms(before=before, after=after, finite=finite)
 
 
+def _tensor_norms(grads: list[th.Tensor]) -> list[th.Tensor]:
+    """The L2 norm of each tensor: one fused ``torch._foreach_norm`` call where torch has it, else one public
+    :func:`torch.linalg.vector_norm` a tensor."""
+    if HAS_FOREACH_NORM:
+        return list(th._foreach_norm(grads, 2.0))
+    return [th.linalg.vector_norm(g, 2.0) for g in grads]
+
+
+def skips_on_found_inf(optimizer: th.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` skips its update on the device when ``optimizer.found_inf`` is 1.
+
+    That is the private protocol between :class:`torch.amp.GradScaler` and the fused optimizers (those with
+    ``_step_supports_amp_scaling``). A torch release may change it, so it is checked once per optimizer class and
+    device, on a one-parameter optimizer with the same settings: a NaN gradient with ``found_inf = 1`` must leave the
+    parameter and the step count as they were.
+
+    :param optimizer: an optimizer with at least one parameter.
+    """
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return False
+    device = optimizer.param_groups[0]["params"][0].device
+    key = (type(optimizer), device.type)
+    if key not in _FOUND_INF_HONOURED:
+        _FOUND_INF_HONOURED[key] = _probe_found_inf(type(optimizer), dict(optimizer.defaults), device)
+    return _FOUND_INF_HONOURED[key]
+
+
+def _probe_found_inf(cls: type[th.optim.Optimizer], defaults: dict, device: th.device) -> bool:
+    """Run one skipped and one taken step of ``cls(**defaults)`` on a one-element parameter; True when both behave."""
+    param = nn.Parameter(th.ones(1, device=device))
+    try:
+        accepted = inspect.signature(cls).parameters  # e.g. AdamW's defaults hold a setting its constructor fixes
+        probe = cls([param], **{key: value for key, value in defaults.items() if key in accepted})
+        param.grad = th.full_like(param, math.nan)
+        probe.found_inf = th.ones((), device=device)  # type: ignore[attr-defined]
+        probe.step()
+        skipped = bool(th.equal(param.detach(), th.ones_like(param))) and not _step_counts(probe)
+        param.grad = th.ones_like(param)
+        probe.found_inf = th.zeros((), device=device)  # type: ignore[attr-defined]
+        probe.step()
+        return skipped and bool(th.isfinite(param).all()) and not th.equal(param.detach(), th.ones_like(param))
+    except Exception:  # an optimizer that cannot be rebuilt from its defaults: the plain conditional step
+        return False
+
+
+def _step_counts(optimizer: th.optim.Optimizer) -> bool:
+    """Whether any parameter state of ``optimizer`` has a non-zero ``step``."""
+    return any(float(state.get("step", 0)) != 0 for state in optimizer.state.values())
+
+
 def _step_if_finite(optimizer: th.optim.Optimizer, finite: th.Tensor) -> None:
     """Take ``optimizer.step()`` only when ``finite`` is True, leaving weights and optimizer state untouched otherwise."""
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
+    if skips_on_found_inf(optimizer):
         # Fused Adam/AdamW/SGD read ``found_inf`` and skip the update (and undo the step count) on the device.
         optimizer.found_inf = (~finite).to(th.float32)  # type: ignore[attr-defined]
         try:

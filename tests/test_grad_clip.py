@@ -9,7 +9,8 @@ import pytest
 import torch as th
 from torch import nn
 
-from sb3_av.grad_clip import GroupClipper, global_grad_norm, validate_max_grad_norms
+from sb3_av import grad_clip
+from sb3_av.grad_clip import GroupClipper, global_grad_norm, skips_on_found_inf, validate_max_grad_norms
 from sb3_av.grad_stats import GradNormWindow
 
 
@@ -95,6 +96,65 @@ def test_fused_optimizer_skips_nonfinite_step_on_device() -> None:
     _backward(net)
     assert bool(clipper.step(optimizer).finite)
     assert not all(th.equal(p.detach(), w) for p, w in zip(net.parameters(), weights, strict=True))
+
+
+def test_torch_still_has_the_private_apis_grad_clip_uses() -> None:
+    """Fails when a torch release drops or changes ``_foreach_norm`` or the fused optimizers' ``found_inf``: the
+    clipper then runs on its (slower, equally correct) public fallbacks; check the speed before moving on."""
+    assert grad_clip.HAS_FOREACH_NORM, f"torch {th.__version__} has no torch._foreach_norm: measure() uses its fallback"
+    grads = [th.randn(3, 4), th.randn(7), th.zeros(2)]
+    for fused, plain in zip(th._foreach_norm(grads, 2.0), (th.linalg.vector_norm(g) for g in grads), strict=True):
+        assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    for optimizer_class in (th.optim.Adam, th.optim.AdamW, th.optim.SGD):
+        optimizer = optimizer_class(nn.Linear(2, 2).parameters(), lr=0.1, fused=True)
+        assert skips_on_found_inf(optimizer), f"torch {th.__version__}: fused {optimizer_class.__name__} ignores found_inf"
+    assert not skips_on_found_inf(th.optim.Adam(nn.Linear(2, 2).parameters(), lr=0.1))  # not fused: no protocol
+
+
+def _three_steps(optimizer_kwargs: dict) -> tuple[list[th.Tensor], list[th.Tensor]]:
+    """Norms and final weights of a good step, a step with an Inf gradient (skipped) and another good step."""
+    net, groups = _two_group_net()
+    optimizer = th.optim.Adam(net.parameters(), lr=0.1, **optimizer_kwargs)
+    clipper = GroupClipper(groups, {"critic_cnn": 0.05})
+    norms = []
+    for bad in (False, True, False):
+        th.manual_seed(len(norms))
+        _backward(net)
+        if bad:
+            groups["critic_cnn"][0].grad[0, 0] = float("inf")
+        step = clipper.step(optimizer)
+        norms.append(th.cat([step.before, step.after, step.finite.reshape(1).float()]))
+    return norms, [p.detach().clone() for p in net.parameters()]
+
+
+def test_public_fallbacks_give_the_same_norms_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    norms, weights = _three_steps({"fused": True})
+    assert norms[1][-1] == 0.0 and norms[0][-1] == norms[2][-1] == 1.0
+    monkeypatch.setattr(grad_clip, "HAS_FOREACH_NORM", False)
+    monkeypatch.setattr(grad_clip, "skips_on_found_inf", lambda optimizer: False)
+    fallback_norms, fallback_weights = _three_steps({"fused": True})
+    for fast, slow in zip([*norms, *weights], [*fallback_norms, *fallback_weights], strict=True):
+        th.testing.assert_close(slow, fast, rtol=1e-6, atol=0.0, equal_nan=True)
+    net, groups = _two_group_net()
+    _backward(net)
+    for index, params in enumerate(groups.values()):  # the fallback measure is torch's public total norm
+        expected = th.nn.utils.get_total_norm([p.grad for p in params])
+        assert GroupClipper(groups, {}).measure()[index].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_found_inf_probe_rejects_an_optimizer_that_ignores_it() -> None:
+    class IgnoresFoundInf(th.optim.SGD):
+        _step_supports_amp_scaling = True  # claims the protocol, but its step never reads found_inf
+
+    optimizer = IgnoresFoundInf(nn.Linear(2, 2).parameters(), lr=0.1)
+    assert not skips_on_found_inf(optimizer)
+    net, groups = _two_group_net()
+    optimizer = IgnoresFoundInf(net.parameters(), lr=0.1)
+    weights = [p.detach().clone() for p in net.parameters()]
+    _backward(net)
+    groups["critic_mlp"][0].grad.fill_(float("nan"))
+    assert not bool(GroupClipper(groups, {}).step(optimizer).finite)
+    assert all(th.equal(p.detach(), w) for p, w in zip(net.parameters(), weights, strict=True)), "skipped by the fallback"
 
 
 @pytest.mark.parametrize(
