@@ -17,7 +17,7 @@ from stable_baselines3 import TD3
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_av.buffers import DEFAULT_FRAME_RESERVE, FrameStackDictReplayBuffer, default_replay_buffer_for
+from sb3_av.buffers import DEFAULT_FRAME_RESERVE, FrameRing, FrameStackDictReplayBuffer, default_replay_buffer_for
 
 STACK = 4
 N_VEC = 3
@@ -254,6 +254,33 @@ def test_n_step_samples_equal_sb3_n_step_buffer():
     values = {round(float(v), 6) for v in got.discounts.flatten()}
     assert round(gamma**n_steps, 6) in values and len(values) > 1  # full n-step and truncated-by-episode-end returns
     assert values <= {round(gamma**k, 6) for k in range(1, n_steps + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------- the ring
+def test_frame_ring_stores_each_frame_once_and_grows_instead_of_overwriting():
+    ring = FrameRing(n_envs=1, stack_size=3, frame_shape=(2, 2), capacity=8, frame_reserve=0.0)
+    f = [np.full((2, 2), i, np.uint8) for i in range(40)]
+
+    def stack(*indices: int) -> np.ndarray:
+        return np.stack([f[i] for i in indices])[None]  # (n_envs=1, 3, 2, 2)
+
+    # a reset stack filled with its first frame costs one frame, the next stack (shifted by one) one more
+    obs_ids, next_ids = ring.add(stack(0, 0, 0), stack(0, 0, 1), keep_from=None)
+    assert ring.n_written == 2 and obs_ids.tolist() == [[0, 0, 0]] and next_ids.tolist() == [[0, 0, 1]]
+    # the obs that continues the last next_obs reuses its frames: one new frame a step
+    obs_ids, next_ids = ring.add(stack(0, 0, 1), stack(0, 1, 2), keep_from=0)
+    assert ring.n_written == 3 and obs_ids.tolist() == [[0, 0, 1]] and next_ids.tolist() == [[0, 1, 2]]
+    np.testing.assert_array_equal(ring.gather(next_ids), stack(0, 1, 2))
+    # unrelated stacks while frame 0 is still needed: the ring grows (with a warning) and keeps every frame
+    kept = [(obs_ids, stack(0, 0, 1))]
+    with pytest.warns(UserWarning, match="growing it"):
+        for k in range(3):
+            a, b = 10 + 6 * k, 13 + 6 * k
+            obs_ids, next_ids = ring.add(stack(a, a + 1, a + 2), stack(b, b + 1, b + 2), keep_from=0)
+            kept += [(obs_ids, stack(a, a + 1, a + 2)), (next_ids, stack(b, b + 1, b + 2))]
+    assert ring.n_growths >= 1 and ring.n_written == 3 + 18 and len(ring.frames) >= 21
+    for ids, expected in kept:
+        np.testing.assert_array_equal(ring.gather(ids), expected)
 
 
 # ------------------------------------------------------------------------------------------------------ memory
