@@ -17,7 +17,7 @@ from stable_baselines3.common.logger import Logger
 
 from sb3_av.evaluation import EpisodeMetrics
 
-__all__ = ["DrivingEvalCallback", "DrivingMetricsCallback", "EpisodeMetrics"]
+__all__ = ["LOGGED_METRICS", "DrivingEvalCallback", "DrivingMetricsCallback", "EpisodeMetrics"]
 
 #: :meth:`EpisodeMetrics.finish` key -> logged name (a mean over episodes, so the 0/1 flags become rates).
 LOGGED_METRICS: dict[str, str] = {
