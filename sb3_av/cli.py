@@ -1,4 +1,4 @@
-"""The ``sb3-av`` command: ``sb3-av evaluate | check-logs | plot``.
+"""The ``sb3-av`` command: ``sb3-av train | evaluate | check-logs | plot`` (also ``python -m sb3_av ...``).
 
 Each subcommand lives in its module as a pair ``add_*_arguments(parser)`` / ``run_*_command(args) -> int``;
 this file only maps names to them (imported when used, so ``sb3-av check-logs`` does not load the simulators).
@@ -17,6 +17,12 @@ __all__ = ["main"]
 
 #: subcommand -> (module, arguments function, run function, help)
 _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train": (
+        "sb3_av.zoo.train",
+        "add_train_arguments",
+        "run_train_command",
+        "train (or tune with -optimize) an agent with the package's configs: the same flags as train.py",
+    ),
     "evaluate": (
         "sb3_av.zoo.enjoy",
         "add_evaluate_arguments",

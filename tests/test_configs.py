@@ -10,7 +10,7 @@ import pytest
 
 from sb3_av.envs import scenario_ids
 from sb3_av.zoo import get_algorithm
-from sb3_av.zoo.config import load_config_file, validate_hyperparams
+from sb3_av.zoo.config import default_config_file, load_config_file, validate_hyperparams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def _learning_benchmark() -> ModuleType:
 def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) -> None:
     bench = _learning_benchmark()
     recommended = bench.RECOMMENDED
-    block = load_config_file(ROOT / "configs" / "td3.yml")[env_id]
+    block = load_config_file(default_config_file("td3"))[env_id]
     checked = validate_hyperparams(block, get_algorithm("td3"), f"td3.yml [{env_id}]")
     for key in ("learning_rate", "batch_size", "learning_starts", "tau", "gamma", "policy_kwargs"):
         assert checked[key] == recommended[key], key

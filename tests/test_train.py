@@ -6,6 +6,8 @@ In-process tests cover the config parsing and the error paths; the ``slow`` ones
 
 from __future__ import annotations
 
+import argparse
+import ast
 import csv
 import os
 import signal
@@ -20,19 +22,21 @@ import gymnasium as gym
 import numpy as np
 import optuna
 import pytest
+import torch as th
 import yaml
 
 from sb3_av import grad_clip, plotting
+from sb3_av.compute import default_torch_threads
 from sb3_av.zoo import ALGO_NAMES, SAMPLERS, config, get_algorithm, samplers
 from sb3_av.zoo.config import ConfigError, load_config_file, parse_override_value, resolve_env_wrapper, validate_hyperparams
 from sb3_av.zoo.enjoy import main as enjoy_main
 from sb3_av.zoo.exp_manager import DrivingExperimentManager, _replay_buffer_beside, normalize_storage_url
 from sb3_av.zoo.run_folder import read_run_info, resolve_model_path
 from sb3_av.zoo.samplers import convert_params
-from sb3_av.zoo.train import main
+from sb3_av.zoo.train import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "sb3_av" / "configs"
 
 #: A tiny agent on a small, short LiteScenario0: a few seconds per run.
 TINY_ENV = ["--env-kwargs", "camera_size:36", "npc_vehicles:2", "max_steps:40"]
@@ -46,6 +50,14 @@ TINY_PARAMS = [
     "policy_kwargs:dict(net_arch=[8], features_extractor_kwargs=dict(cnn_output_dim=8, vector_output_dim=8))",
     "callback:[{GradientMonitorCallback: {dump_freq: 50}}]",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Any:
+    """``main()`` sets torch's thread count for the process; give the next test the count it had."""
+    threads = th.get_num_threads()
+    yield
+    th.set_num_threads(threads)
 
 
 def _train(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -198,6 +210,8 @@ def test_broken_yaml_and_wrong_structure(tmp_path: Path) -> None:
         (["-params", "foo:1"], "-params: unknown key 'foo'"),
         (["-i", "missing.zip"], "-i missing.zip: not a model .zip file or a run folder"),
         (["--track"], "--track is not supported"),
+        (["--wandb-entity", "me"], "--wandb-entity is not supported"),
+        (["--truncate-last-trajectory", "maybe"], "expected true or false, got 'maybe'"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(
@@ -333,7 +347,7 @@ def test_an_interrupted_run_closes_the_evaluation_env_and_the_progress_bar(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sb3_av.callbacks.driving_metrics import DrivingMetricsCallback
-    from stable_baselines3.common.callbacks import ProgressBarCallback
+    from sb3_av.callbacks.progress import ProgressCallback
 
     original = DrivingMetricsCallback._on_step
 
@@ -343,14 +357,69 @@ def test_an_interrupted_run_closes_the_evaluation_env_and_the_progress_bar(
         return original(callback)
 
     monkeypatch.setattr(DrivingMetricsCallback, "_on_step", interrupt_at_45)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the progress is a bar
     spy = _EnvSpy(monkeypatch)
     assert main(_pendulum_args(tmp_path, "--eval-freq", "30", "--eval-episodes", "1", "-P")) == 0
     assert "Interrupted by SIGINT at step 45" in capsys.readouterr().out
     assert spy.close_counts(eval_env=True) == [1] and spy.close_counts(eval_env=False) == [1]
     assert spy.manager is not None
-    (bar,) = [c for c in spy.manager.callbacks if isinstance(c, ProgressBarCallback)]
-    assert bar.pbar.disable, "rl-zoo's cleanup: the progress bar of an interrupted run is closed"
+    (bar,) = [c for c in spy.manager.callbacks if isinstance(c, ProgressCallback)]
+    assert bar.pbar is not None and bar.pbar.disable, "rl-zoo's cleanup: the progress bar of an interrupted run is closed"
     assert _steps(tmp_path / "logs" / "td3" / "Pendulum-v1_1" / "Pendulum-v1.zip", "td3") == 45
+
+
+def _zoo_arguments() -> list[tuple[list[str], Any]]:
+    """(flags, default) of every ``add_argument`` call in rl-zoo's ``train.py``, read from its source."""
+    import rl_zoo3.train
+
+    found = []
+    for node in ast.walk(ast.parse(Path(rl_zoo3.train.__file__).read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            flags = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+            default = next((kw.value for kw in node.keywords if kw.arg == "default"), None)
+            found.append((flags, None if default is None else ast.literal_eval(default)))
+    return found
+
+
+def test_the_parser_keeps_every_rl_zoo_flag_and_default() -> None:
+    parser = build_parser()
+    zoo = _zoo_arguments()
+    assert len(zoo) >= 40
+    ours = {flag: action for action in parser._actions for flag in action.option_strings}
+    changed = {"algo": "td3", "env": "LiteScenario0-v0", "num_threads": None, "progress": None}
+    for flags, default in zoo:
+        assert all(flag in ours for flag in flags), f"rl-zoo's {flags} is unknown to train.py"
+        dest = ours[flags[0]].dest
+        if dest == "track" or dest.startswith("wandb"):  # refused with a one-line error (tested above)
+            assert ours[flags[0]].default is argparse.SUPPRESS
+            continue
+        assert parser.get_default(dest) == changed.get(dest, default), dest
+    help_text = " ".join(parser.format_help().split())
+    assert f"half the cores this process may use, here {default_torch_threads()}" in help_text
+    assert "--no-progress" in help_text
+    assert parser.parse_args(["--truncate-last-trajectory", "False"]).truncate_last_trajectory is False
+
+
+def test_threads_and_progress_by_default_and_switched_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    th.set_num_threads(3)  # not the default: main() must set it
+    assert main(_pendulum_args(tmp_path, "--verbose", "1", "--eval-freq", "-1")) == 0
+    out = capsys.readouterr().out
+    args = read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_1").args
+    assert args["num_threads"] == default_torch_threads() == th.get_num_threads()
+    assert args["progress"] is True
+    progress = [line for line in out.splitlines() if line.startswith("step ")]
+    assert progress and progress[-1].startswith("step 60/60 (100%) | "), "stdout is no terminal: progress lines"
+
+    assert main(_pendulum_args(tmp_path, "--verbose", "1", "--eval-freq", "-1", "--no-progress", "--num-threads", "2")) == 0
+    out = capsys.readouterr().out
+    args = read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_2").args
+    assert (args["num_threads"], args["progress"], th.get_num_threads()) == (2, False, 2)
+    assert not [line for line in out.splitlines() if line.startswith("step ")]
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "-1")) == 0  # --verbose 0: quiet, no progress either
+    assert read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_3").args["progress"] is False
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "-1", "-P")) == 0
+    assert read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_4").args["progress"] is True
+    assert any(line.startswith("step 60/60 (100%) | ") for line in capsys.readouterr().out.splitlines())
 
 
 def test_ctrl_c_before_training_exits_130_with_one_line(

@@ -196,6 +196,31 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_the_next_worker(
     assert trials[1].params["learning_rate"] == dead.params["learning_rate"], "the retry reruns the same parameters"
 
 
+def test_a_journal_file_storage_holds_the_study_and_its_trials_train_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--storage study.log``: optuna's journal file (no database server), for tuning and for ``--trial-id``."""
+    conf = tmp_path / "td3.yml"
+    block = {"policy": "MlpPolicy", "n_timesteps": 40, "learning_starts": 20, "buffer_size": 200, "batch_size": 8}
+    conf.write_text(yaml.safe_dump({FLAKY_ID: block}))
+    journal = tmp_path / "journals" / "study.log"  # its folder is created
+    FlakyEnv.failures_left = 0
+    assert _one_trial_study("td3", FLAKY_ID, conf, str(journal), "j", 40, tmp_path) == 0
+    storage = exp_manager.open_storage(str(journal))
+    (trial,) = optuna.load_study(study_name="j", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    args = ["--env", FLAKY_ID, "-conf", str(conf), "--storage", str(journal), "--study-name", "j", "--trial-id", "0"]
+    assert main([*args, "-n", "30", "--eval-freq", "-1", "--verbose", "0", "-f", str(tmp_path / "logs")]) == 0
+    config = yaml.safe_load((tmp_path / "logs" / "td3" / f"{FLAKY_ID}_1" / FLAKY_ID / "config.yml").read_text())
+    assert config["batch_size"] == trial.user_attrs["sampled_hyperparams"]["batch_size"]
+    capsys.readouterr()
+    bad = ["-optimize", "--storage", "study.db", "--n-trials", "1", "--verbose", "0", "-f", str(tmp_path / "logs")]
+    assert main([*args[:4], *bad]) == 2
+    assert "train.py: error: --storage study.db: expected a database URL (postgresql://..., sqlite:///x.db) or a " in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_study_with_only_failures_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "td3.yml"
     conf.write_text(yaml.safe_dump({"default": {"policy": "MlpPolicy", "n_timesteps": 40, "learning_starts": 30}}))

@@ -69,7 +69,8 @@ class ProgressCallback(BaseCallback):
         self.bar = bar
         self.eval_callback = eval_callback
         self._clock = clock
-        self._pbar: tqdm | None = None
+        #: The bar, when one is drawn (closed: ``pbar.disable``).
+        self.pbar: tqdm | None = None
         self._target = 0
         self._start = (0.0, 0)  # (time, steps) at training start
         self._last_report = (0.0, 0)  # (time, steps) of the previous report
@@ -84,15 +85,15 @@ class ProgressCallback(BaseCallback):
         self._start = self._last_report = (self._clock(), steps)
         use_bar = self.bar if self.bar is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         if use_bar:
-            self._pbar = tqdm(
+            self.pbar = tqdm(
                 total=self._target, initial=steps, unit="step", file=self.stream, dynamic_ncols=True, smoothing=0.05
             )
         self._open = True
 
     def _on_step(self) -> bool:
         now = self._clock()
-        if self._pbar is not None:
-            self._pbar.update(self.num_timesteps - self._pbar.n)
+        if self.pbar is not None:
+            self.pbar.update(self.num_timesteps - self.pbar.n)
         if now - self._last_report[0] >= self.interval_s:
             self._report(now, self._last_report)
         return True
@@ -105,9 +106,8 @@ class ProgressCallback(BaseCallback):
     # ----------------------------------------------------------------------------------------- reports
     def close(self) -> None:
         """Close the bar (idempotent; also for a run that an interrupt or a crash ended inside ``learn()``)."""
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        if self.pbar is not None:
+            self.pbar.close()  # idempotent
         self._open = False
 
     def success_rates(self) -> tuple[float | None, int, float | None, int | None]:
@@ -133,8 +133,8 @@ class ProgressCallback(BaseCallback):
         parts = [] if train is None else [f"success {train:.2f} ({episodes} episodes)"]
         if evaluation is not None:
             parts.append(f"eval success {evaluation:.2f} (step {eval_step:,})")
-        if self._pbar is not None:
-            self._pbar.set_postfix_str(" | ".join(parts), refresh=False)
+        if self.pbar is not None:
+            self.pbar.set_postfix_str(" | ".join(parts), refresh=False)
             return
         remaining = max(self._target - steps, 0)
         eta = remaining / speed if speed > 0 else (0.0 if remaining == 0 else math.inf)

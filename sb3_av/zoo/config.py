@@ -28,12 +28,14 @@ from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 __all__ = [
     "ACTIVATIONS",
     "CALLBACKS",
+    "CONFIG_DIR",
     "ENV_WRAPPERS",
     "GRAD_GROUPS",
     "NOISE_TYPES",
     "REPLAY_BUFFERS",
     "ZOO_KEYS",
     "ConfigError",
+    "default_config_file",
     "load_config_file",
     "parse_override_value",
     "resolve_callbacks",
@@ -47,6 +49,23 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A hyperparameter file, block, key or value the user wrote is wrong; the message says which and why."""
+
+
+#: The hyperparameter files shipped inside the package (``sb3_av/configs/<algo>.yml``, package data of the wheel).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def default_config_file(algo: str) -> Path:
+    """The shipped hyperparameter file of an ``--algo`` name (``-conf`` / ``--conf-file`` picks another).
+
+    :param algo: td3, ddpg, sac or tqc.
+    :raises ConfigError: when the package has no file for it.
+    """
+    path = CONFIG_DIR / f"{algo}.yml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yml"))
+        raise ConfigError(f"no hyperparameter file for {algo!r} in {CONFIG_DIR} (shipped: {shipped}); pass -conf FILE.yml")
+    return path
 
 
 #: Keys rl-zoo reads itself (everything else must be a constructor argument of the algorithm).
@@ -416,7 +435,7 @@ def validate_hyperparams(
 
     :param hyperparams: the block, after command-line overrides.
     :param algo_cls: the algorithm class the block is for.
-    :param where: ``"configs/td3.yml [LiteScenario0-v0]"``, for messages.
+    :param where: ``"sb3_av/configs/td3.yml [LiteScenario0-v0]"``, for messages.
     :param partial: the block is an override (``-params``, a sampler): ``policy``/``n_timesteps`` are not required.
     :return: the checked block.
     :raises ConfigError: naming the first wrong key.

@@ -20,30 +20,34 @@ What changes, and why (everything else is rl-zoo's code path):
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import copy
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shlex
 import socket
 import sys
 import time
+import uuid
+import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import optuna
 import yaml
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
 from rl_zoo3.callbacks import SaveVecNormalizeCallback, TrialEvalCallback
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, KVWriter, Logger, make_output_format
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.utils import get_latest_run_id
@@ -51,9 +55,11 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
 from sb3_av.callbacks.driving_metrics import DrivingEvalCallback, DrivingMetricsCallback
+from sb3_av.callbacks.progress import ProgressCallback
 from sb3_av.algorithms import get_algorithm
 from sb3_av.zoo.config import (
     ConfigError,
+    default_config_file,
     load_config_file,
     resolve_callbacks,
     resolve_env_wrapper,
@@ -64,12 +70,9 @@ from sb3_av.zoo.config import (
 )
 from sb3_av.zoo.samplers import SAMPLERS, convert_params, tunable_clip_groups
 
-__all__ = ["DEFAULT_CONFIG_DIR", "DrivingExperimentManager", "TrainError", "make_rdb_storage", "normalize_storage_url"]
+__all__ = ["DrivingExperimentManager", "TrainError", "make_rdb_storage", "normalize_storage_url", "open_storage"]
 
 logger = logging.getLogger(__name__)
-
-#: The project's configs/ folder (a source checkout); ``-conf`` points elsewhere.
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 #: Info keys of the driving env contract written to monitor.csv at each episode end.
 _MONITOR_INFO_KEYS = ("is_success", "route_completion", "collision", "off_road")
@@ -103,15 +106,52 @@ class _StepCSVOutputFormat(CSVOutputFormat):
 class DrivingExperimentManager(ExperimentManager):
     """rl-zoo's experiment manager for this project's algorithms and driving envs (see the module docstring).
 
-    Takes rl-zoo's constructor arguments unchanged.
+    :param args: the trainer's command line, parsed by :func:`sb3_av.zoo.train.build_parser` (with the seed
+        resolved); written to the run folder's ``args.yml``.
     """
 
-    def __init__(self, args: Any, algo: str, env_id: str, *pos: Any, **kwargs: Any) -> None:
-        super().__init__(args, algo, env_id, *pos, **kwargs)
-        self.storage = normalize_storage_url(self.storage)
-        self.algo_class = get_algorithm(algo)
-        if kwargs.get("config") is None:
-            self.config = str(DEFAULT_CONFIG_DIR / f"{algo}.yml")
+    def __init__(self, args: argparse.Namespace) -> None:
+        # rl-zoo's constructor, every argument by keyword (rl-zoo's train.py passes 22 of them by position).
+        super().__init__(
+            args=args,
+            algo=args.algo,
+            env_id=args.env,
+            log_folder=args.log_folder,
+            tensorboard_log=args.tensorboard_log,
+            n_timesteps=args.n_timesteps,
+            eval_freq=args.eval_freq,
+            n_eval_episodes=args.eval_episodes,
+            save_freq=args.save_freq,
+            hyperparams=args.hyperparams,
+            env_kwargs=args.env_kwargs,
+            eval_env_kwargs=args.eval_env_kwargs,
+            trained_agent=args.trained_agent,
+            optimize_hyperparameters=args.optimize_hyperparameters,
+            storage=normalize_storage_url(args.storage),
+            study_name=args.study_name,
+            n_trials=args.n_trials,
+            max_total_trials=args.max_total_trials,
+            n_jobs=args.n_jobs,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            optimization_log_path=args.optimization_log_path,
+            n_startup_trials=args.n_startup_trials,
+            n_evaluations=args.n_evaluations,
+            truncate_last_trajectory=args.truncate_last_trajectory,
+            uuid_str=f"_{uuid.uuid4()}" if args.uuid else "",
+            seed=args.seed,
+            log_interval=args.log_interval,
+            save_replay_buffer=args.save_replay_buffer,
+            verbose=args.verbose,
+            vec_env_type=args.vec_env,
+            n_eval_envs=args.n_eval_envs,
+            no_optim_plots=args.no_optim_plots,
+            device=args.device,
+            config=str(args.conf_file or default_config_file(args.algo)),
+            show_progress=bool(args.progress),
+            trial_id=args.trial_id,
+        )
+        self.algo_class = get_algorithm(args.algo)
         self._callback_entries: list[Any] = []
         self._config_where = self.config
         self.checkpoint_callback: InterruptibleCheckpointCallback | None = None
@@ -200,10 +240,11 @@ class DrivingExperimentManager(ExperimentManager):
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         """Parameters of a trial (or the best one) of a stored study, converted by this project's samplers."""
         try:
-            study = optuna.load_study(storage=storage, study_name=study_name)
+            study = optuna.load_study(storage=open_storage(storage), study_name=study_name)
             params = study.trials[trial_id].params if trial_id is not None else study.best_trial.params
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"--trial-id {trial_id}: cannot read it from study {study_name!r} at {storage}: {exc}") from None
+            where = _redact(storage)
+            raise ConfigError(f"--trial-id {trial_id}: cannot read it from study {study_name!r} at {where}: {exc}") from None
         return convert_params(params) if convert else params
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, list[BaseCallback], Any]:
@@ -252,9 +293,8 @@ class DrivingExperimentManager(ExperimentManager):
 
     # --------------------------------------------------------------------------------------- callbacks
     def create_callbacks(self) -> None:
-        """Progress bar, checkpoints (+ on interrupt), evaluation with driving metrics, the config's callbacks."""
-        if self.show_progress:
-            self.callbacks.append(ProgressBarCallback())
+        """Checkpoints (+ on interrupt), evaluation with driving metrics, the config's callbacks, progress (last: it
+        shows the evaluation of the same step)."""
         save_freq = max(self.save_freq // self.n_envs, 1) if self.save_freq > 0 else 0
         self.checkpoint_callback = InterruptibleCheckpointCallback(
             save_freq=save_freq,
@@ -265,26 +305,28 @@ class DrivingExperimentManager(ExperimentManager):
             verbose=self.verbose,
         )
         self.callbacks.append(self.checkpoint_callback)
+        eval_callback: DrivingEvalCallback | None = None
         if self.eval_freq > 0 and not self.optimize_hyperparameters:
             self.eval_freq = max(self.eval_freq // self.n_envs, 1)
             if self.verbose > 0:
                 print("Creating test environment")
             self.eval_env = self.create_envs(self.n_eval_envs, eval_env=True)
-            self.callbacks.append(
-                DrivingEvalCallback(
-                    self.eval_env,
-                    callback_on_new_best=SaveVecNormalizeCallback(save_freq=1, save_path=self.params_path),
-                    best_model_save_path=self.save_path,
-                    n_eval_episodes=self.n_eval_episodes,
-                    log_path=self.save_path,
-                    eval_freq=self.eval_freq,
-                    deterministic=self.deterministic_eval,
-                )
+            eval_callback = DrivingEvalCallback(
+                self.eval_env,
+                callback_on_new_best=SaveVecNormalizeCallback(save_freq=1, save_path=self.params_path),
+                best_model_save_path=self.save_path,
+                n_eval_episodes=self.n_eval_episodes,
+                log_path=self.save_path,
+                eval_freq=self.eval_freq,
+                deterministic=self.deterministic_eval,
             )
+            self.callbacks.append(eval_callback)
         configured = resolve_callbacks(self._callback_entries, self._config_where)
         if not any(isinstance(callback, DrivingMetricsCallback) for callback in configured):
             self.callbacks.append(DrivingMetricsCallback())
         self.callbacks.extend(configured)
+        if self.show_progress:
+            self.callbacks.append(ProgressCallback(eval_callback=eval_callback))
 
     # ------------------------------------------------------------------------------------ train, save
     def _make_logger(self, model: BaseAlgorithm) -> Logger:
@@ -336,9 +378,8 @@ class DrivingExperimentManager(ExperimentManager):
             # rl-zoo's cleanup: close a progress bar that an interrupt or a crash left open (SB3 closes it only
             # when learn() returns), then release the envs (on CARLA: actors, sync mode, Traffic Manager port).
             for callback in self.callbacks:
-                pbar = getattr(callback, "pbar", None) if isinstance(callback, ProgressBarCallback) else None
-                if pbar is not None and not pbar.disable:  # open: started, not closed by SB3's on_training_end
-                    callback.on_training_end()
+                if isinstance(callback, ProgressCallback):
+                    callback.close()
             model.logger.close()
             _close_quietly(model.env, "the training env")
             _close_quietly(self.eval_env, "the evaluation env")
@@ -477,15 +518,75 @@ class DrivingExperimentManager(ExperimentManager):
         )
 
     def hyperparameters_optimization(self) -> None:
-        """rl-zoo's study loop; on a database storage with heartbeats, so that a dead worker's trial is retried."""
+        """Run the study: rl-zoo's loop (its sampler, pruner, trial budget and report) on :func:`open_storage`'s storage.
+
+        Overridden as a whole: rl-zoo 2.9's method creates the study from the ``--storage`` string, and a URL cannot
+        carry optuna's heartbeat settings (a killed worker's trial would stay RUNNING for ever); rl-zoo has no hook
+        that takes a storage object.
+
+        :raises TrainError: when no trial completed (every trial failed or was pruned).
+        """
+        if self.verbose > 0:
+            print("Optimizing hyperparameters")
+        if self.storage is not None and self.study_name is None:
+            warnings.warn("--storage without --study-name: optuna names the study; its workers need one --study-name")
+        if self.tensorboard_log is not None:
+            warnings.warn("TensorBoard logging is off while tuning")
+            self.tensorboard_log = None
+        study = optuna.create_study(
+            sampler=self._create_sampler(self.sampler),
+            pruner=self._create_pruner(self.pruner),
+            storage=None if self.storage is None else open_storage(self.storage),  # None: in memory
+            study_name=self.study_name,
+            load_if_exists=True,
+            direction="maximize",
+        )
+        if "command" not in study.user_attrs:  # the first worker records how the study was started
+            study.set_user_attr("command", shlex.join(getattr(sys, "orig_argv", sys.argv)))
+            for key in sorted(self._hyperparams):
+                study.set_user_attr(key, str(self._hyperparams[key]))
         try:
-            if self.storage is not None and "://" in self.storage:
-                with _studies_on(make_rdb_storage(self.storage)):
-                    super().hyperparameters_optimization()
-            else:
-                super().hyperparameters_optimization()
-        except ValueError as exc:  # from study.best_trial: every trial failed or was pruned
+            self._run_trials(study)
+        except KeyboardInterrupt:
+            pass
+        self._report_study(study)
+
+    def _run_trials(self, study: optuna.Study) -> None:
+        """``--n-trials`` trials of this worker, or trials until the study holds ``--max-total-trials``."""
+        if self.max_total_trials is None:
+            study.optimize(self.objective, n_jobs=self.n_jobs, n_trials=self.n_trials, gc_after_trial=True)
+            return
+        # Running trials count too, else the study ends with max_total_trials + (number of workers) trials.
+        counted = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
+        if len(study.get_trials(states=counted)) < self.max_total_trials:
+            budget = MaxTrialsCallback(self.max_total_trials, states=counted)
+            study.optimize(self.objective, n_jobs=self.n_jobs, callbacks=[budget], gc_after_trial=True)
+
+    def _report_study(self, study: optuna.Study) -> None:
+        """Print the best trial; write ``report_*.csv`` (all trials) and ``report_*.pkl`` (the study) as rl-zoo does."""
+        print(f"Number of finished trials: {len(study.trials)}")
+        try:
+            best = study.best_trial
+        except ValueError as exc:
             raise TrainError(f"no trial completed (see the failure reasons above): {exc}") from None
+        print(f"Best trial: {best.number}, value {best.value}")
+        print("Params:\n" + "".join(f"    {key}: {value}\n" for key, value in best.params.items()).rstrip())
+        report_name = (
+            f"report_{self.env_name}_{self.n_trials}-trials-{self.n_timesteps}-{self.sampler}-{self.pruner}_{int(time.time())}"
+        )
+        log_path = Path(self.log_folder) / self.algo / report_name
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        study.trials_dataframe().to_csv(f"{log_path}.csv")
+        with open(f"{log_path}.pkl", "wb") as f:
+            pickle.dump(study, f)
+        if self.verbose > 0:
+            print(f"Report: {log_path}.csv")
+        if not self.no_optim_plots:
+            try:
+                optuna.visualization.plot_optimization_history(study).show()
+                optuna.visualization.plot_param_importances(study).show()
+            except (ValueError, ImportError, RuntimeError):
+                pass
 
 
 def normalize_storage_url(url: str | None) -> str | None:
@@ -545,21 +646,19 @@ def make_rdb_storage(
     raise AssertionError("unreachable")
 
 
-@contextlib.contextmanager
-def _studies_on(storage: optuna.storages.BaseStorage) -> Iterator[None]:
-    """Make ``optuna.create_study`` use ``storage`` (an object) for the duration.
+def open_storage(spec: str) -> optuna.storages.BaseStorage:
+    """The optuna storage of ``--storage``.
 
-    rl-zoo's ``hyperparameters_optimization`` hands ``optuna.create_study`` the ``--storage`` URL string, and a
-    URL cannot carry optuna's heartbeat settings; rl-zoo has no hook for a storage object, so it gets one here.
+    :param spec: a journal file ``*.log`` (its folder is created), or a database URL, opened by
+        :func:`make_rdb_storage` (trial heartbeats, one retry of a dead worker's trial).
+    :raises TrainError: for anything else, or a database that cannot be opened.
     """
-    create_study = optuna.create_study
-
-    def create_study_on_storage(*args: Any, **kwargs: Any) -> optuna.Study:
-        kwargs["storage"] = storage
-        return create_study(*args, **kwargs)
-
-    with mock.patch.object(optuna, "create_study", create_study_on_storage):
-        yield
+    if spec.endswith(".log"):
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(spec))
+    if "://" in spec:
+        return make_rdb_storage(spec)
+    raise TrainError(f"--storage {spec}: expected a database URL (postgresql://..., sqlite:///x.db) or a journal file *.log")
 
 
 def _redact(url: str) -> str:

@@ -1,10 +1,11 @@
-"""``python train.py``: rl-zoo's trainer command line, for this project's algorithms and driving envs.
+"""The rl-zoo style trainer of this project's algorithms and driving envs: ``python train.py``, ``sb3-av train``.
 
-The argument parser *is* rl-zoo's (:func:`rl_zoo3.train.train` builds it; we take it before it parses), with
-``--algo`` limited to td3/ddpg/sac/tqc, ``key:value`` overrides parsed as data instead of ``eval``-ed, and the
-defaults ``--algo td3 --env LiteScenario0-v0``. The run itself goes through
-:class:`~sb3_av.zoo.exp_manager.DrivingExperimentManager`. Every error the user can cause ends with one line on
-stderr and exit status 2.
+The command line is rl-zoo's (the flags of ``rl_zoo3/train.py``, rl-zoo3 2.9, declared here), with ``--algo``
+limited to td3/ddpg/sac/tqc, ``key:value`` overrides parsed as data instead of ``eval``-ed, the defaults
+``--algo td3 --env LiteScenario0-v0``, a torch thread count that leaves cores to the simulator, and progress shown
+by default (``--no-progress``). The run itself is :class:`~sb3_av.zoo.exp_manager.DrivingExperimentManager`, built
+from the parsed arguments. Every error the user can cause ends with one line on stderr and exit status 2.
+``sb3-av train`` (also ``python -m sb3_av train``, from an installed package) takes the same flags.
 """
 
 from __future__ import annotations
@@ -13,25 +14,21 @@ import argparse
 import difflib
 import importlib
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
-from unittest import mock
 
 import gymnasium as gym
 import numpy as np
 import torch as th
 
-__all__ = ["TrainError", "build_parser", "main"]
-
+from sb3_av.compute import default_torch_threads
 from sb3_av.algorithms import ALGO_NAMES
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.exp_manager import TrainError
 from sb3_av.zoo.run_folder import resolve_model_path
 
-#: rl-zoo options this project does not support (Weights & Biases tracking).
-_UNSUPPORTED = ("track",)
+__all__ = ["TrainError", "add_train_arguments", "build_parser", "main", "run_train_command"]
 
 
 class _DataStoreDict(argparse.Action):
@@ -52,82 +49,201 @@ class _DataStoreDict(argparse.Action):
         setattr(namespace, self.dest, result)
 
 
-class _ParserCaptured(Exception):
-    pass
+class _Unsupported(argparse.Action):
+    """An rl-zoo flag sb3-av does not support (Weights & Biases tracking): a one-line error instead of silence."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> NoReturn:
+        parser.error(f"{option_string} is not supported by sb3-av; use -tb for TensorBoard")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """rl-zoo's ``train.py`` parser, adapted (see the module docstring)."""
-    import rl_zoo3.train as zoo_train
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (no usage text), exit status 2."""
 
-    def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        raise _ParserCaptured(self)
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
-    with (
-        mock.patch.object(zoo_train, "ALGOS", dict.fromkeys(ALGO_NAMES)),
-        mock.patch.object(zoo_train, "StoreDict", _DataStoreDict),
-        mock.patch.object(argparse.ArgumentParser, "parse_args", capture),
-    ):
-        try:
-            zoo_train.train()
-        except _ParserCaptured as captured:
-            parser: argparse.ArgumentParser = captured.args[0]
-    parser.prog = "train.py"
-    parser.description = (
-        "Train (or tune with -optimize) a driving agent, rl-zoo style. "
-        "Example: python train.py --algo td3 --env LiteScenario0-v0 -n 100000 -tb runs/"
-    )
-    parser.set_defaults(algo="td3", env="LiteScenario0-v0")
-    parser.error = types.MethodType(_one_line_error, parser)  # type: ignore[method-assign]
-    helps = {
-        "trained_agent": "continue a run: a model .zip (final model or checkpoint) or a run folder; the step counter and "
-        "the replay buffer saved beside it continue, until -n steps in total",
-        "conf_file": "hyperparameter YAML (default: configs/<algo>.yml); Python files are not accepted",
-        "hyperparams": "override hyperparameters, parsed as data, e.g. learning_rate:1e-4 "
-        "policy_kwargs:'{net_arch: [64, 64]}' train_freq:'[1, episode]'",
-        "env_kwargs": "env keyword arguments, e.g. npc_vehicles:10 port:2000 (merged into the config's env_kwargs)",
-        "storage": "optuna storage shared by tuning workers: a database URL (postgresql://user:pw@host/db, "
-        "sqlite:///study.db) or a journal file *.log",
-    }
-    for action in parser._actions:
-        if action.dest in helps:
-            action.help = helps[action.dest]
+
+def _bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no`` (rl-zoo's ``type=bool`` reads any non-empty text, even "False", as True)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The trainer's argument parser (:func:`add_train_arguments`); usage errors are one line.
+
+    :param prog: the program name in messages.
+    """
+    parser = _Parser(prog=prog, description=_DESCRIPTION.format(prog=prog))
+    add_train_arguments(parser)
     return parser
 
 
-def _one_line_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    """argparse's error without the (long) usage text: one line, exit status 2."""
-    parser.exit(2, f"{parser.prog}: error: {' '.join(message.split())} (see --help)\n")
+_DESCRIPTION = (
+    "Train (or tune with -optimize) a driving agent, rl-zoo style. "
+    "Example: {prog} --algo td3 --env LiteScenario0-v0 -n 100000 -tb runs/"
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the trainer.
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the trainer's flags to ``parser``: rl-zoo's (see the module docstring), in groups."""
+    _add_run_arguments(parser.add_argument_group("run"))
+    _add_config_arguments(parser.add_argument_group("hyperparameters and env"))
+    _add_eval_arguments(parser.add_argument_group("evaluation, checkpoints, logs"))
+    _add_compute_arguments(parser.add_argument_group("compute"))
+    _add_tuning_arguments(parser.add_argument_group("tuning (Optuna)"))
+    unsupported = parser.add_argument_group("rl-zoo flags not supported (Weights & Biases)")
+    unsupported.add_argument("--track", nargs=0, action=_Unsupported, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for flags in (["--wandb-project-name"], ["--wandb-entity"], ["--wandb-group"], ["-tags", "--wandb-tags"]):
+        unsupported.add_argument(*flags, nargs="*", action=_Unsupported, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_run_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--algo", default="td3", choices=ALGO_NAMES, help="algorithm (default: td3)")
+    group.add_argument("--env", default="LiteScenario0-v0", help="env id (default: LiteScenario0-v0)")
+    group.add_argument(
+        "-n", "--n-timesteps", type=int, default=-1, help="total env steps of the run (default: the config's n_timesteps)"
+    )
+    group.add_argument("--seed", type=int, default=-1, help="random seed (default: a random one, written to args.yml)")
+    group.add_argument(
+        "-i",
+        "--trained-agent",
+        default="",
+        help="continue a run: a model .zip (final model or checkpoint) or a run folder; the step counter and "
+        "the replay buffer saved beside it continue, until -n steps in total",
+    )
+    group.add_argument(
+        "--truncate-last-trajectory",
+        type=_bool,
+        default=True,
+        help="with -i and a HER replay buffer: truncate the last, unfinished trajectory (default: true)",
+    )
+    group.add_argument(
+        "-P",
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress: a bar on a terminal, else a line every 15 s with steps, steps/s, ETA and success "
+        "rates (default: on, off with --verbose 0)",
+    )
+    group.add_argument("--verbose", type=int, default=1, help="0: no output, 1: info, 2: debug (tracebacks)")
+    group.add_argument("--gym-packages", nargs="+", default=[], help="modules to import that register more env ids")
+
+
+def _add_config_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "-conf", "--conf-file", default=None, help="hyperparameter YAML (default: the package's configs/<algo>.yml)"
+    )
+    group.add_argument(
+        "-params",
+        "--hyperparams",
+        nargs="+",
+        action=_DataStoreDict,
+        help="override hyperparameters, parsed as data, e.g. learning_rate:1e-4 "
+        "policy_kwargs:'{net_arch: [64, 64]}' train_freq:'[1, episode]'",
+    )
+    group.add_argument(
+        "--env-kwargs",
+        nargs="+",
+        action=_DataStoreDict,
+        help="env keyword arguments, e.g. npc_vehicles:10 port:2000 (merged into the config's env_kwargs)",
+    )
+    group.add_argument(
+        "--eval-env-kwargs", nargs="+", action=_DataStoreDict, help="env keyword arguments of the evaluation env"
+    )
+    group.add_argument("--vec-env", default="dummy", choices=["dummy", "subproc"], help="VecEnv type (default: dummy)")
+
+
+def _add_eval_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--eval-freq", type=int, default=25000, help="evaluate every N steps (<= 0: never; default 25000)")
+    group.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    group.add_argument("--n-eval-envs", type=int, default=1, help="evaluation envs (default 1)")
+    group.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (<= 0: never)")
+    group.add_argument("--save-replay-buffer", action="store_true", help="save the replay buffer with the model")
+    group.add_argument("-f", "--log-folder", default="logs", help="run folders go to DIR/<algo>/<env id>_<n> (default logs)")
+    group.add_argument("-tb", "--tensorboard-log", default="", help="TensorBoard log folder (default: none)")
+    group.add_argument("-uuid", "--uuid", action="store_true", help="append a unique id to the run folder's name")
+    group.add_argument(
+        "--log-interval", type=int, default=-1, help="log every N episodes (-1: the algorithm's default, -2: never)"
+    )
+
+
+def _add_compute_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ... (default auto)")
+    group.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help=f"torch threads (default: half the cores this process may use, here {default_torch_threads()}: OpenMP "
+        "threads stall while an env worker or a simulator holds one of their cores; -1: torch's default, one per core)",
+    )
+
+
+def _add_tuning_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("-optimize", "--optimize-hyperparameters", action="store_true", help="tune instead of training")
+    group.add_argument("--n-trials", type=int, default=500, help="trials of this worker (default 500)")
+    group.add_argument("--max-total-trials", type=int, default=None, help="trials of the whole study, all workers")
+    group.add_argument("--n-jobs", type=int, default=1, help="parallel trials in this process (default 1)")
+    group.add_argument("--sampler", default="tpe", choices=["random", "tpe", "auto"], help="optuna sampler (default tpe)")
+    group.add_argument(
+        "--pruner", default="median", choices=["halving", "median", "none"], help="optuna pruner (default median)"
+    )
+    group.add_argument("--n-startup-trials", type=int, default=10, help="random trials before the sampler (default 10)")
+    group.add_argument("--n-evaluations", type=int, default=None, help="evaluations per trial (default: one per 100k steps)")
+    group.add_argument(
+        "--storage",
+        default=None,
+        help="optuna storage shared by tuning workers: a database URL (postgresql://user:pw@host/db, "
+        "sqlite:///study.db) or a journal file *.log",
+    )
+    group.add_argument("--study-name", default=None, help="study name (the same for every worker)")
+    group.add_argument("--trial-id", type=int, default=None, help="train with this trial's hyperparameters (--storage)")
+    group.add_argument("--optimization-log-path", default=None, help="save each trial's evaluations and best model here")
+    group.add_argument("--no-optim-plots", action="store_true", help="no optuna plots after tuning")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
+    """Run the trainer: ``python train.py``.
 
     :param argv: arguments without the program name (default: ``sys.argv[1:]``).
+    :param prog: the program name in messages.
     :return: exit status: 0 done (also after Ctrl-C/SIGTERM during training, with the model saved), 2 user error
         or failure, 130 Ctrl-C outside training (e.g. while a simulator loads its town; nothing is saved).
     """
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already reported on one line
         return int(exc.code or 0)
+    return _run_reporting_errors(args, prog)
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """``sb3-av train``: the trainer on arguments parsed by :func:`add_train_arguments` (exit status as :func:`main`)."""
+    vars(args).pop("command", None)  # the sb3-av subcommand name is not a trainer argument (args.yml)
+    return _run_reporting_errors(args, "sb3-av train")
+
+
+def _run_reporting_errors(args: argparse.Namespace, prog: str) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("train.py: interrupted (Ctrl-C) outside training; no model saved", file=sys.stderr)
+        print(f"{prog}: interrupted (Ctrl-C) outside training; no model saved", file=sys.stderr)
         return 130
     except (ConfigError, TrainError) as exc:
-        return _fail(exc)
+        return _fail(prog, exc)
     except Exception as exc:
         if args.verbose >= 2:
             raise
-        return _fail(f"{type(exc).__name__}: {exc} (run with --verbose 2 for the traceback)")
+        return _fail(prog, f"{type(exc).__name__}: {exc} (run with --verbose 2 for the traceback)")
 
 
-def _fail(message: object) -> int:
+def _fail(prog: str, message: object) -> int:
     text = " ".join(str(message).split())  # one line
-    print(f"train.py: error: {text}", file=sys.stderr)
+    print(f"{prog}: error: {text}", file=sys.stderr)
     return 2
 
 
@@ -152,15 +268,24 @@ def _resolve_trained_agent(path: str) -> str:
     return str(p)
 
 
+def _set_torch_threads(num_threads: int | None) -> int:
+    """Apply ``--num-threads`` (None: :func:`~sb3_av.compute.default_torch_threads`; <= 0: torch's default).
+
+    :return: the thread count torch now uses.
+    """
+    threads = default_torch_threads() if num_threads is None else num_threads
+    if threads > 0:
+        th.set_num_threads(threads)
+    return th.get_num_threads()
+
+
 def _run(args: argparse.Namespace) -> int:
-    import sb3_av.envs  # noqa: F401  (registers the driving env ids)
+    from stable_baselines3.common.utils import set_random_seed
+
     from sb3_av.envs import register_envs
     from sb3_av.zoo.exp_manager import DrivingExperimentManager
 
     register_envs()
-    for name in _UNSUPPORTED:
-        if getattr(args, name, False):
-            raise TrainError(f"--{name} is not supported by sb3-av; use -tb for TensorBoard")
     for module in args.gym_packages:
         try:
             importlib.import_module(module)
@@ -170,56 +295,16 @@ def _run(args: argparse.Namespace) -> int:
     args.trained_agent = _resolve_trained_agent(args.trained_agent)
     if args.optimize_hyperparameters and args.trained_agent:
         raise TrainError("-optimize and -i cannot be combined")
-
     if args.seed < 0:
         args.seed = int(np.random.randint(2**32 - 1, dtype="int64"))
-    from stable_baselines3.common.utils import set_random_seed
-
     set_random_seed(args.seed)
-    if args.num_threads > 0:
-        th.set_num_threads(args.num_threads)
+    args.num_threads = _set_torch_threads(args.num_threads)
+    if args.progress is None:
+        args.progress = args.verbose > 0
     print("=" * 10, args.env, "=" * 10)
-    print(f"Seed: {args.seed}")
+    print(f"Seed: {args.seed}, torch threads: {args.num_threads}")
 
-    manager = DrivingExperimentManager(
-        args,
-        args.algo,
-        args.env,
-        args.log_folder,
-        args.tensorboard_log,
-        args.n_timesteps,
-        args.eval_freq,
-        args.eval_episodes,
-        args.save_freq,
-        args.hyperparams,
-        args.env_kwargs,
-        args.eval_env_kwargs,
-        args.trained_agent,
-        args.optimize_hyperparameters,
-        args.storage,
-        args.study_name,
-        args.n_trials,
-        args.max_total_trials,
-        args.n_jobs,
-        args.sampler,
-        args.pruner,
-        args.optimization_log_path,
-        n_startup_trials=args.n_startup_trials,
-        n_evaluations=args.n_evaluations,
-        truncate_last_trajectory=args.truncate_last_trajectory,
-        uuid_str=f"_{__import__('uuid').uuid4()}" if args.uuid else "",
-        seed=args.seed,
-        log_interval=args.log_interval,
-        save_replay_buffer=args.save_replay_buffer,
-        verbose=args.verbose,
-        vec_env_type=args.vec_env,
-        n_eval_envs=args.n_eval_envs,
-        no_optim_plots=args.no_optim_plots,
-        device=args.device,
-        config=args.conf_file,
-        show_progress=args.progress,
-        trial_id=args.trial_id,
-    )
+    manager = DrivingExperimentManager(args)
     results = manager.setup_experiment()
     if results is None:
         manager.hyperparameters_optimization()
