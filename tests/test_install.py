@@ -10,6 +10,7 @@ running that folder's ``.pth`` files (where the editable finder is installed).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ def _run(cmd: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _build_wheel(tmp_path: Path) -> Path:
+    version = importlib.metadata.version("setuptools")
+    assert int(version.split(".")[0]) >= 77, f"setuptools {version} < 77 cannot build sb3-av: bash scripts/setup.sh"
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
