@@ -400,7 +400,10 @@ def test_the_parser_keeps_every_rl_zoo_flag_and_default() -> None:
     assert parser.parse_args(["--truncate-last-trajectory", "False"]).truncate_last_trajectory is False
 
 
-def test_threads_and_progress_by_default_and_switched_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_threads_and_progress_by_default_and_switched_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     th.set_num_threads(3)  # not the default: main() must set it
     assert main(_pendulum_args(tmp_path, "--verbose", "1", "--eval-freq", "-1")) == 0
     out = capsys.readouterr().out
@@ -420,6 +423,12 @@ def test_threads_and_progress_by_default_and_switched_off(tmp_path: Path, capsys
     assert main(_pendulum_args(tmp_path, "--eval-freq", "-1", "-P")) == 0
     assert read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_4").args["progress"] is True
     assert any(line.startswith("step 60/60 (100%) | ") for line in capsys.readouterr().out.splitlines())
+    user_threads = default_torch_threads() + 2
+    monkeypatch.setenv("OMP_NUM_THREADS", str(user_threads))  # the user's: torch follows it (read at its start)
+    th.set_num_threads(user_threads)
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "-1")) == 0
+    args = read_run_info(tmp_path / "logs" / "td3" / "Pendulum-v1_5").args
+    assert args["num_threads"] == user_threads == th.get_num_threads()
 
 
 def test_ctrl_c_before_training_exits_130_with_one_line(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,7 +180,8 @@ def _add_compute_arguments(group: argparse._ArgumentGroup) -> None:
         type=int,
         default=None,
         help=f"torch threads (default: half the cores this process may use, here {default_torch_threads()}: OpenMP "
-        "threads stall while an env worker or a simulator holds one of their cores; -1: torch's default, one per core)",
+        "threads stall while an env worker or a simulator holds one of their cores; OMP_NUM_THREADS, when set, "
+        "wins over this default; -1: torch's default, one per core)",
     )
 
 
@@ -269,11 +271,14 @@ def _resolve_trained_agent(path: str) -> str:
 
 
 def _set_torch_threads(num_threads: int | None) -> int:
-    """Apply ``--num-threads`` (None: :func:`~sb3_av.compute.default_torch_threads`; <= 0: torch's default).
+    """Apply ``--num-threads``: None: :func:`~sb3_av.compute.default_torch_threads`, unless ``OMP_NUM_THREADS`` is set
+    (torch follows it); <= 0: torch's default.
 
     :return: the thread count torch now uses.
     """
-    threads = default_torch_threads() if num_threads is None else num_threads
+    threads = num_threads
+    if threads is None:
+        threads = -1 if os.environ.get("OMP_NUM_THREADS") else default_torch_threads()
     if threads > 0:
         th.set_num_threads(threads)
     return th.get_num_threads()
