@@ -7,14 +7,18 @@ What changes, and why (everything else is rl-zoo's code path):
 - **Algorithms** come from :func:`sb3_av.algorithms.get_algorithm` (the clipped TD3/DDPG/SAC/TQC).
 - **Replay buffer** defaults to the frame-stack Dict buffer for stacked-image observations
   (:func:`sb3_av.buffers.default_replay_buffer_for`); a config's ``replay_buffer_class`` wins.
+- **Construction** from the trainer's parsed arguments, every rl-zoo constructor argument passed by keyword; the
+  default config is the package's (:func:`sb3_av.zoo.config.default_config_file`).
 - **Callbacks**: checkpoints that also save on SIGINT/SIGTERM, an eval callback and a training callback that log
-  the driving metrics, plus the config's ``callback:`` entries (fresh instances for each run and each trial).
+  the driving metrics, plus the config's ``callback:`` entries (fresh instances for each run and each trial), and
+  :class:`~sb3_av.callbacks.progress.ProgressCallback` with ``--progress`` (a bar, or lines in a log).
 - **Logging**: a ``progress.csv`` in the run folder always (``sb3-av plot`` reads it), TensorBoard with ``-tb``.
 - **Resume** (``-i``): the step counter continues (``reset_num_timesteps=False``) until ``-n``/``n_timesteps``,
   and the replay buffer saved beside the model or checkpoint is loaded.
 - **Tuning**: the sampled ``policy_kwargs`` / ``max_grad_norms`` are merged into the YAML's (rl-zoo's objective
   replaces ``policy_kwargs`` wholesale, losing e.g. the features extractor settings: rl-zoo issue #431); an
-  exception from the env or the simulator inside a trial marks that trial FAILED and the study goes on.
+  exception from the env or the simulator inside a trial marks that trial FAILED and the study goes on. The study
+  runs on :func:`open_storage`'s storage: trial heartbeats on a database, so a killed worker's trial is retried.
 - **Run folder files** (``config.yml``, ``args.yml``) are plain YAML (``safe_load``-able), not Python-tagged.
 """
 
