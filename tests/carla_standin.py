@@ -13,12 +13,36 @@ that returns a real ``carla.command.SpawnActor`` carrying the stand-in blueprint
 (``carla.Image``, ``CollisionEvent`` and ``LaneInvasionEvent`` cannot be instantiated from Python).
 :func:`api_mismatches` checks that every member of every stand-in class exists on the real class with
 the same kind (property or method), so the backend cannot pass the tests by calling an API that CARLA lacks.
+
+What the real *client library* does in the client process is modelled too, after LibCarla 0.9.16's source:
+
+- The Traffic Manager is process-global (``trafficmanager/TrafficManager.cpp``: ``TrafficManager::_tm_map``,
+  one instance per port per process). ``Client.get_trafficmanager(port)`` returns the registered one even when
+  it was made by another client for a server that has since died; every ``world.tick()`` and
+  ``apply_settings()`` of any client steps every registered TM (``client/detail/Simulator.cpp``:
+  ``SynchronizeFrame`` -> ``TrafficManager::Tick()``); ``load_world`` resets them all
+  (``client/detail/Episode.cpp``: ``OnEpisodeChanged`` -> ``TrafficManager::Reset()``). A TM stepped or shut
+  down while its server is gone aborts the process (its RPC throws inside a ``std::thread``: CARLA issues
+  #4577, #6748): :func:`os.abort`, so no ``except``/``finally`` runs.
+- Sensor data arrive on a background thread (``client/detail/Client.cpp``: ``SubscribeToStream``, asio worker
+  threads), with delays: some after ``tick()`` returned, so an image of frame N may come after frame N+1 was
+  ticked; the first image after ``listen()`` is lost (the subscription is made while the frame is in flight).
+  ``stop()`` waits for a callback in progress (``UnSubscribeFromStream``).
+- ``sensor.other.lane_invasion`` is a client-side sensor (``client/LaneInvasionSensor.cpp``): the client
+  computes the crossings from the parent's position and the map on every world tick it receives.
+- ``world.tick()`` takes time (``tick_s``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import heapq
+import itertools
 import math
+import os
+import random
+import threading
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +89,109 @@ _XODR = """<?xml version="1.0" standalone="yes"?>
 """
 
 _MAPS: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------------------------------- client process state
+class _Stream:
+    """The client's sensor-data delivery thread: callbacks run here, each after its own delay.
+
+    :param max_delay_s: images are delivered after a uniform random delay up to this (s).
+    :param late_every: every ``late_every``-th image is delivered after ``late_delay_s`` instead (0: never).
+    :param late_delay_s: the delay (s) of a late image (long enough to come after ``tick()`` returned).
+    """
+
+    def __init__(self, max_delay_s: float = 0.003, late_every: int = 5, late_delay_s: float = 0.02) -> None:
+        self.max_delay_s = max_delay_s
+        self.late_every = late_every
+        self.late_delay_s = late_delay_s
+        self._rng = random.Random(0)
+        self._count = 0
+        self._heap: list[tuple[float, int, Any, Callable[[Any], None], Any]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._in_flight: Any = None  # the key of the callback running now
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+
+    def image_delay(self) -> float:
+        self._count += 1
+        if self.late_every and self._count % self.late_every == 0:
+            return self.late_delay_s
+        return self._rng.uniform(0.0, self.max_delay_s)
+
+    def submit(self, key: Any, callback: Callable[[Any], None], data: Any, delay_s: float) -> None:
+        """Deliver ``callback(data)`` on the stream thread after ``delay_s``; ``key`` identifies the subscription."""
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="standin-stream", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), key, callback, data))
+            self._cond.notify_all()
+
+    def cancel(self, key: Any, timeout_s: float = 5.0) -> bool:
+        """Drop the queued data of ``key`` and wait for its callback in progress; False if it did not end in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._heap = [item for item in self._heap if item[2] != key]
+            heapq.heapify(self._heap)
+            while self._in_flight == key and threading.current_thread() is not self._thread:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(None if not self._heap else max(self._heap[0][0] - time.monotonic(), 0.0))
+                _, _, key, callback, data = heapq.heappop(self._heap)
+                self._in_flight = key
+            try:
+                callback(data)
+            except Exception:  # LibCarla logs an exception raised in a sensor callback and goes on
+                pass
+            finally:
+                with self._cond:
+                    self._in_flight = None
+                    self.delivered += 1
+                    self._cond.notify_all()
+
+
+#: The sensor stream of this process (tests may change its delays).
+STREAM = _Stream()
+#: ``TrafficManager::_tm_map``: the Traffic Managers of this process by port.
+TM_MAP: dict[int, Any] = {}
+_TM_LOCK = threading.RLock()
+#: Client-side sensors (lane invasion) of this process, computed on every world tick.
+_CLIENT_SIDE_SENSORS: dict[Any, Any] = {}
+
+
+def tick_traffic_managers() -> None:
+    """``TrafficManager::Tick()``: step every Traffic Manager of the process (aborts if one's server is gone)."""
+    with _TM_LOCK:
+        for tm in list(TM_MAP.values()):
+            tm._synchronous_tick()
+
+
+def reset_traffic_managers() -> None:
+    """``TrafficManager::Reset()`` on a new episode (``load_world``) of any client of the process."""
+    with _TM_LOCK:
+        for tm in TM_MAP.values():
+            tm.resets += 1
+
+
+def reset_process_state() -> None:
+    """Forget the process-global state (as a fresh process would start): for in-process tests, between tests."""
+    with _TM_LOCK:
+        TM_MAP.clear()
+    _CLIENT_SIDE_SENSORS.clear()
+
+
+def _tick_client_side_sensors(frame: int) -> None:
+    for sensor in list(_CLIENT_SIDE_SENSORS.values()):
+        sensor._on_world_tick(frame)
 
 
 def _real_map(town: str) -> Any:
@@ -184,13 +311,16 @@ class StandinBlueprintLibrary:
 
 
 def _blueprints() -> list[StandinBlueprint]:
-    vehicles = [
-        ("vehicle.tesla.model3", "4"),
-        ("vehicle.audi.a2", "4"),
-        ("vehicle.mini.cooper_s", "4"),
-        ("vehicle.yamaha.yzf", "2"),
+    vehicles = [  # CARLA 0.9.16's base_type attribute: car, truck, van, bus, motorcycle, bicycle
+        ("vehicle.tesla.model3", "4", "car"),
+        ("vehicle.carlamotors.firetruck", "4", "truck"),
+        ("vehicle.audi.a2", "4", "car"),
+        ("vehicle.mitsubishi.fusorosa", "4", "bus"),
+        ("vehicle.mini.cooper_s", "4", "car"),
+        ("vehicle.yamaha.yzf", "2", "motorcycle"),
+        ("vehicle.nissan.patrol", "4", "car"),
     ]
-    bps = [StandinBlueprint(i, role_name="autopilot", number_of_wheels=w) for i, w in vehicles]
+    bps = [StandinBlueprint(i, role_name="autopilot", number_of_wheels=w, base_type=t) for i, w, t in vehicles]
     bps.append(
         StandinBlueprint(
             "sensor.camera.rgb", role_name="front", image_size_x="800", image_size_y="600", fov="90", sensor_tick="0.0"
@@ -198,6 +328,7 @@ def _blueprints() -> list[StandinBlueprint]:
     )
     bps.append(StandinBlueprint("sensor.other.collision", role_name="front"))
     bps.append(StandinBlueprint("sensor.other.lane_invasion", role_name="front"))
+    random.shuffle(bps)  # the library's order differs between servers and runs
     return bps
 
 
@@ -332,17 +463,47 @@ class StandinSensor(StandinActor):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.callback: Callable[[Any], None] | None = None
+        self._first_dropped = False
+        self._lane: tuple[int, int] | None = None
 
     def listen(self, callback: Callable[[Any], None]) -> None:
         self._server._call("sensor.listen", self._id, epoch=self._epoch)
-        self.callback = callback
+        self._first_dropped = False
+        key = (id(self._server), self._id)
+        if self._type_id == "sensor.other.lane_invasion":  # client-side: computed here on every tick
+            self.callback = callback
+            _CLIENT_SIDE_SENSORS[key] = self
+            return
+
+        def deliver(data: Any) -> None:  # the server's push, delivered on the stream thread
+            delay = STREAM.image_delay() if isinstance(data, StandinImage) else 0.0
+            STREAM.submit(key, callback, data, delay)
+
+        self.callback = deliver
 
     def stop(self) -> None:
         self._server._call("sensor.stop", self._id)
         self.callback = None
+        key = (id(self._server), self._id)
+        _CLIENT_SIDE_SENSORS.pop(key, None)
+        if not STREAM.cancel(key):
+            self._server.violations.append(f"sensor {self._id}: stop() waited > 5 s for its callback (a deadlock)")
 
     def is_listening(self) -> bool:
         return self.callback is not None
+
+    def _on_world_tick(self, frame: int) -> None:
+        """Lane invasion, client side: an event when the parent's (road, lane) changed since the last tick."""
+        parent = self._parent
+        callback = self.callback
+        if callback is None or parent is None or not parent.is_alive:
+            return
+        wp = self._server.map.get_waypoint(parent.get_location(), project_to_road=True)
+        lane = (wp.road_id, wp.lane_id) if wp is not None else (-1, 0)
+        if self._lane is not None and lane != self._lane:
+            event = StandinLaneInvasionEvent(frame, frame * 0.05, parent, [])
+            STREAM.submit((id(self._server), self._id), callback, event, 0.0)
+        self._lane = lane
 
 
 # ---------------------------------------------------------------------------------------------- server side
@@ -356,6 +517,29 @@ class StandinTrafficManager:
         self.synchronous: bool | None = None
         self.seeds: list[int] = []
         self.distance: float | None = None
+        self.ticks = 0
+        self.resets = 0
+        self.shut = False
+
+    def _server_gone(self) -> bool:
+        return self._server.down or self._server.epoch != self._epoch
+
+    def _synchronous_tick(self) -> None:
+        """``TrafficManagerLocal::SynchronousTick``: its stages RPC the server; a dead one aborts the process."""
+        if self._server_gone():
+            os.abort()
+        self.ticks += 1
+
+    def shut_down(self) -> None:
+        """``TrafficManager::ShutDown``: unregistered, then its RPC server and stages stop (RPCs: aborts if gone)."""
+        with _TM_LOCK:
+            if TM_MAP.get(self.port) is self:
+                del TM_MAP[self.port]
+        if self._server_gone():
+            os.abort()
+        self._server._call("tm.shut_down", self.port, epoch=self._epoch)
+        self._server.traffic_managers.pop(self.port, None)
+        self.shut = True
 
     def get_port(self) -> int:
         return self.port
@@ -423,11 +607,15 @@ class StandinWorld:
     def apply_settings(self, settings: Any) -> int:
         self._server._call("world.apply_settings", _copy_settings(settings), epoch=self._epoch)
         self._server.settings = _copy_settings(settings)
+        tick_traffic_managers()  # Simulator::SetEpisodeSettings -> SynchronizeFrame
         return self._server.frame
 
     def tick(self, seconds: float = 10.0) -> int:
         self._server._call("world.tick", seconds, epoch=self._epoch)
-        return self._server._tick()
+        frame = self._server._tick()
+        tick_traffic_managers()  # Simulator::Tick -> SynchronizeFrame -> TrafficManager::Tick()
+        _tick_client_side_sensors(frame)
+        return frame
 
     def get_blueprint_library(self) -> StandinBlueprintLibrary:
         self._server._call("world.get_blueprint_library", epoch=self._epoch)
@@ -487,11 +675,18 @@ class StandinClient:
     def load_world(self, map_name: str, reset_settings: bool = True, map_layers: Any = None) -> StandinWorld:
         server = self._server("load_world")
         server._load(map_name, reset_settings)
+        reset_traffic_managers()
         return StandinWorld(server)
 
     def get_trafficmanager(self, client_connection: int = 8000) -> StandinTrafficManager:
+        """The process's TM on that port if there is one (whatever server it was made for), else a new one."""
         server = self._server("get_trafficmanager")
-        return self._network._traffic_manager(server, self._addr[0], client_connection)
+        with _TM_LOCK:
+            tm = TM_MAP.get(client_connection)
+            if tm is None:
+                tm = self._network._traffic_manager(server, self._addr[0], client_connection)
+                TM_MAP[client_connection] = tm
+        return tm
 
     def apply_batch_sync(self, commands: list, do_tick: bool = False) -> list:
         return self._server("apply_batch_sync")._batch(commands, do_tick)
@@ -516,7 +711,8 @@ class StandinServer:
         self.settings = carla.WorldSettings()  # CARLA's defaults: asynchronous, variable step
         self.frame = 1000
         self.epoch = 0
-        self.episode = 1
+        self.episode = random.getrandbits(31)  # a server (re)start gets a new episode id
+        self.tick_s = 0.0  # world.tick() takes this long (s)
         self.town = town
         self.map = StandinMap(town)
         self.down = False
@@ -557,7 +753,7 @@ class StandinServer:
         self.traffic_managers = {}
         self.settings = carla.WorldSettings()
         self.epoch += 1
-        self.episode += 1
+        self.episode = random.getrandbits(31)
 
     def count(self, method: str) -> int:
         """How many times ``method`` was called."""
@@ -658,7 +854,7 @@ class StandinServer:
         self.actors = {k: v for k, v in self.actors.items() if v is self.spectator}
         self.town = town
         self.map = StandinMap(town)
-        self.episode += 1
+        self.episode = random.getrandbits(31)
         if reset_settings:
             self.settings = carla.WorldSettings()
 
@@ -666,6 +862,8 @@ class StandinServer:
         if not self.settings.synchronous_mode:
             self.violations.append("world.tick() in asynchronous mode")
         dt = self.settings.fixed_delta_seconds or 0.05
+        if self.tick_s > 0:
+            time.sleep(self.tick_s)
         self.frame += 1
         for actor in self.alive("vehicle."):
             if isinstance(actor, StandinVehicle):
@@ -677,6 +875,11 @@ class StandinServer:
             if deliver is None:
                 continue
             if sensor.type_id == "sensor.camera.rgb":
+                if self.settings.no_rendering_mode:  # no rendering, no camera images
+                    continue
+                if not sensor._first_dropped:  # the frame in flight while the stream was being subscribed
+                    sensor._first_dropped = True
+                    continue
                 w, h = int(sensor._attributes["image_size_x"]), int(sensor._attributes["image_size_y"])
                 while self.stale_images > 0:
                     self.stale_images -= 1
@@ -752,7 +955,9 @@ _STANDINS = (
     StandinWorld,
     StandinClient,
 )
-_NOT_CARLA = {"copy", "speed", "control", "callback", "seeds", "distance", "synchronous", "port", "value"}
+_NOT_CARLA = {
+    "copy", "speed", "control", "callback", "seeds", "distance", "synchronous", "port", "value", "ticks", "resets", "shut"
+}
 
 
 def api_mismatches() -> list[str]:

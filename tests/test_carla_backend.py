@@ -25,7 +25,7 @@ from sb3_av.envs.carla import (
     server_for_rank,
 )
 from sb3_av.envs.carla.backend import CarlaBackend, _server_lost
-from sb3_av.envs.carla.errors import CarlaSensorTimeout
+from sb3_av.envs.carla.errors import CarlaSensorTimeout, CarlaServerRestarted
 from sb3_av.envs.carla.route import carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 from tests import carla_standin as cs
@@ -34,6 +34,8 @@ from tests import carla_standin as cs
 @pytest.fixture(autouse=True)
 def _own_lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
+    yield
+    cs.reset_process_state()  # each test starts as a fresh client process would (no Traffic Manager registered)
 
 
 @pytest.fixture
@@ -175,13 +177,16 @@ def test_frame_queue_rejects_stale_and_lost_data():
 def test_stale_images_are_dropped_and_the_ticked_frame_is_used(net):
     server = net.add()
     backend = _backend(net)
-    backend.reset(seed=0)
+    before = backend.reset(seed=0).extra["stale_images_dropped"]
     server.stale_images = 3
     frame = backend.step(0.0, 0.5, 0.0)
     assert backend.last_frame_id == server.frame
     camera = server.alive("sensor.camera")[0]
     assert int(frame.image[0, 0]) == server.image_value(server.frame, camera)  # each frame has its own gray value
-    assert frame.extra["stale_images_dropped"] == 3
+    time.sleep(0.1)  # stale images delivered after the fresh one (the stream's delays) are dropped by the next step
+    later = backend.step(0.0, 0.5, 0.0)
+    assert int(later.image[0, 0]) == server.image_value(server.frame, camera)
+    assert later.extra["stale_images_dropped"] - before == 3
     backend.close()
 
 
@@ -302,8 +307,8 @@ def test_settings_are_synchronous_while_open_and_restored_on_close(net):
 
 def test_settings_restored_by_the_last_env_on_a_shared_server(net):
     server = net.add()
-    a = _backend(net, tm_port=8100, npc_vehicles=0)
-    b = _backend(net, tm_port=8101, route_start_index=60)  # two egos need two start points
+    a = _backend(net, tm_port=8100, npc_vehicles=0, share_server=True)
+    b = _backend(net, tm_port=8101, route_start_index=60, share_server=True)  # two egos need two start points
     a.reset(seed=0)
     b.reset(seed=1)
     assert len(_own(server, a)) == 4 and len(_own(server, b)) == 4 + 5
@@ -397,9 +402,12 @@ def test_tm_bind_error_gives_a_clear_message(net, monkeypatch):
     server = net.add(port=2004)
     holder = _backend(net, port=2000, tm_port=8500)
     monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(Path(holder.conn._claim.tm_path).parent / "other"))
+    holders_tms = dict(cs.TM_MAP)
+    cs.TM_MAP.clear()  # the holder is another process (a process's own TM map would hand out its TM instead)
     with pytest.raises(CarlaBackendError, match="Could not start the Traffic Manager on port 8500"):
         _backend(net, port=2004, tm_port=8500)  # a TM of another server listens there (another program)
     assert server.settings.synchronous_mode is False  # restored after the failed connect
+    cs.TM_MAP.update(holders_tms)
     holder.close()
 
 
@@ -422,17 +430,17 @@ def test_tick_timeout_in_step_reconnects_and_restarts_the_episode(net):
     assert server.violations == []
 
 
-def test_restarted_server_is_set_up_again(net):
+def test_restarted_server_is_not_reconnected_in_the_same_process(net):
+    """The process's TM is bound to the old server: a reconnect here would step it and abort; the worker is replaced."""
     server = net.add()
     backend = _backend(net)
     backend.reset(seed=0)
+    old_tm = cs.TM_MAP[8000]
     server.restart()  # all actors gone, asynchronous mode, the old connection is dead
-    frame = backend.step(0.0, 0.5, 0.0)
-    assert frame.extra["episode_restarted"] is True
-    assert server.settings.synchronous_mode is True and 8000 in server.traffic_managers
-    assert len(_own(server, backend)) == 4 + 5
-    backend.close()
-    assert server.settings.synchronous_mode is False
+    with pytest.raises(CarlaServerRestarted, match="new client process"):
+        backend.step(0.0, 0.5, 0.0)
+    assert old_tm.ticks > 0 and server.settings.synchronous_mode is False  # nothing was applied (it would have aborted)
+    backend.close()  # the server does not know the old connection: the TM is not touched
     assert server.violations == []
 
 

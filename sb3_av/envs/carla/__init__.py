@@ -14,11 +14,13 @@ from sb3_av.envs.carla.errors import (
     CarlaConnectionError,
     CarlaError,
     CarlaSensorTimeout,
+    CarlaServerRestarted,
     CarlaVersionError,
     how_to_start_carla,
 )
 
 if TYPE_CHECKING:
+    from sb3_av.envs.backend import DrivingBackend
     from sb3_av.envs.carla.backend import CarlaBackend
     from sb3_av.envs.core import DrivingEnv
 
@@ -30,6 +32,7 @@ __all__ = [
     "CarlaConnectionError",
     "CarlaError",
     "CarlaSensorTimeout",
+    "CarlaServerRestarted",
     "CarlaVersionError",
     "how_to_start_carla",
     "make_carla_env",
@@ -52,6 +55,10 @@ def make_carla_env(
     ``rank``, ``town``, ``timeout_s``, ``connect_timeout_s``, ``max_reconnects``, ...).
 
     :param scenario: ``"CarlaScenario0"`` (or its env id).
+    By default the CARLA client runs in a worker process of this env's own (:mod:`sb3_av.envs.carla.worker`,
+    env kwarg ``worker``); ``client_factory`` or ``carla_module`` (objects, which stay in this process) or
+    ``worker=False`` keep it in this process.
+
     :param client_factory: ``(host, port) -> carla.Client``; default ``carla.Client`` (tests pass a stand-in).
     :param carla_module: the module whose CARLA types are used; default the installed ``carla``.
     :param kwargs: env kwargs.
@@ -60,10 +67,15 @@ def make_carla_env(
     """
     from sb3_av.envs.core import make_driving_env
 
-    def factory(values: dict[str, Any]) -> CarlaBackend:
+    def factory(values: dict[str, Any]) -> DrivingBackend:
+        config = CarlaConfig.from_dict(values)
+        if config.worker and client_factory is None and carla_module is None:
+            from sb3_av.envs.carla.worker import WorkerBackend
+
+            return WorkerBackend(config)
         from sb3_av.envs.carla.backend import CarlaBackend
 
-        return CarlaBackend(CarlaConfig.from_dict(values), client_factory=client_factory, carla_module=carla_module)
+        return CarlaBackend(config, client_factory=client_factory, carla_module=carla_module)
 
     return make_driving_env(scenario, factory, CarlaConfig.defaults(), **kwargs)
 

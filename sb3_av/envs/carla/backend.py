@@ -2,9 +2,11 @@
 
 Robustness rules (ENV_CONTRACT.md, "CARLA specifics"):
 
-- Only the env's own actors are destroyed. Each is tagged (``role_name = sb3av:<id>:<kind>``) and its id
-  recorded the moment it is spawned; sensors are stopped, then destroyed before their vehicle; NPCs
+- Only the env's own actors are destroyed. Each is tagged (``role_name = sb3av:tm<tm_port>:<id>:<kind>``) and
+  its id recorded the moment it is spawned; sensors are stopped, then destroyed before their vehicle; NPCs
   go by batch command. When a reset fails halfway, what was spawned is destroyed before the error leaves.
+  Actors tagged with this env's TM port but left by a dead run (or a killed worker) are swept at the first
+  reset after connecting: no live env on this machine holds that TM port but this one.
 - ``world.tick(timeout_s)`` and a bounded wait for the camera image of the ticked frame; a timeout or a
   lost connection leads to at most ``max_reconnects`` reconnects, after which a
   :class:`~sb3_av.envs.carla.errors.CarlaConnectionError` names host:port and how to start CARLA.
@@ -12,7 +14,10 @@ Robustness rules (ENV_CONTRACT.md, "CARLA specifics"):
   reconnect: it becomes a :class:`~sb3_av.envs.carla.errors.CarlaBackendError` at once (after the cleanup),
   saying what failed and what to change.
 - After a reconnect during :meth:`CarlaBackend.step`, a new episode is started and its first frame is
-  returned with ``extra["episode_restarted"] = True`` (the env should truncate there).
+  returned with ``extra["episode_restarted"] = True`` (the env should truncate there). The reconnect is made in
+  this process only to the same server episode (a hang that passed); a restarted server raises
+  :class:`~sb3_av.envs.carla.errors.CarlaServerRestarted`, and the worker process that holds this backend
+  (:mod:`sb3_av.envs.carla.worker`) is replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ _LOST_SERVER_MARKERS = (
 )
 #: How often the ego is tried at its start point, with a world tick in between, before the spot counts as blocked.
 _EGO_SPAWN_TRIES = 3
+#: Ticks over which the first camera image of an episode is waited for (a new camera's first image may be lost).
+_FIRST_IMAGE_TICKS = 3
 
 _CAMERA_LOCATION = (1.5, 0.0, 2.4)  # x forward, y right, z up (m) relative to the ego, CARLA frame
 _CAMERA_PITCH_DEG = -10.0
@@ -96,6 +103,7 @@ class CarlaBackend(DrivingBackend):
     :param carla_module: the ``carla`` module whose types (Transform, VehicleControl, commands, ...) are used;
         default the installed client.
     :param connect: connect in the constructor (an absent server then fails at once, not at the first reset).
+    :param uid: this env's id in the actors' ``role_name`` (default: a new random one; a replaced worker keeps it).
     :raises CarlaConnectionError: no server answered within ``connect_timeout_s``.
     """
 
@@ -106,14 +114,16 @@ class CarlaBackend(DrivingBackend):
         client_factory: Callable[..., Any] | None = None,
         carla_module: Any = None,
         connect: bool = True,
+        uid: str | None = None,
     ) -> None:
         if config is None:
             config = CarlaConfig()
         self.config = config if isinstance(config, CarlaConfig) else CarlaConfig.from_dict(config)
         self._carla = carla_module if carla_module is not None else import_carla()
         self.dt = self.config.dt
-        self.tag = f"sb3av:{uuid.uuid4().hex[:12]}"
+        self.uid = uid or uuid.uuid4().hex[:12]
         self.conn = CarlaConnection(self.config, self._carla, client_factory or self._carla.Client)
+        self._swept_generation = -1
         self._route_generation = -1
         self._route_waypoints: list[Any] = []
         self._route: RouteSpec | None = None
@@ -134,6 +144,16 @@ class CarlaBackend(DrivingBackend):
         self._stage = ""  # what _reset_once is doing, for the error message of a refused request
         if connect:
             self.conn.open()
+
+    @property
+    def tag(self) -> str:
+        """The ``role_name`` prefix of this env's actors: ``sb3av:tm<tm_port>:<uid>``."""
+        return f"{self.tm_prefix}{self.uid}"
+
+    @property
+    def tm_prefix(self) -> str:
+        """The ``role_name`` prefix of the actors of every env that uses this TM port (``sb3av:tm<tm_port>:``)."""
+        return f"sb3av:tm{self.conn.tm_port}:"
 
     # ------------------------------------------------------------------ DrivingBackend API
     @property
@@ -231,7 +251,11 @@ class CarlaBackend(DrivingBackend):
         self._episode_ready = False
         self._stage = "destroying the previous episode's actors"
         self._destroy_episode()
-        if self._dirty:
+        if self._swept_generation != conn.generation:
+            self._stage = "removing actors that a dead run left with this env's TM port"
+            self._sweep_tagged(self.tm_prefix)
+            self._swept_generation = conn.generation
+        elif self._dirty:
             self._sweep_tagged()
         self._stage = "building the route"
         self._ensure_route()
@@ -288,10 +312,18 @@ class CarlaBackend(DrivingBackend):
         self._spawn_npcs(library, rng)
 
         self._stage = "ticking the world after the spawns"
-        frame_id = world.tick(self.config.timeout_s)
+        world.tick(self.config.timeout_s)  # the sensors' streams settle; the image of this frame may be lost
+        image = None
+        for k in range(_FIRST_IMAGE_TICKS):
+            frame_id = world.tick(self.config.timeout_s)
+            try:
+                image = self._camera.get(frame_id, self.config.sensor_timeout_s)
+                break
+            except CarlaSensorTimeout:
+                if k == _FIRST_IMAGE_TICKS - 1:
+                    raise
+                logger.info("No first camera image for frame %d on %s yet; ticking again", frame_id, conn.address)
         self._start_frame = frame_id
-        # a new camera's first image may take longer (render warm-up): wait up to the RPC timeout
-        image = self._camera.get(frame_id, max(self.config.sensor_timeout_s, self.config.timeout_s))
         self._collisions.take(frame_id)  # contacts while settling on the ground are not the agent's
         self._lane_invasions.take(frame_id)
         self._episode_ready = True
@@ -378,13 +410,17 @@ class CarlaBackend(DrivingBackend):
         if len(points) < n:
             logger.warning("Only %d free spawn points for %d NPC vehicles on %s", len(points), n, self.config.town)
         chosen = [points[i] for i in rng.permutation(len(points))[:n]]
-        blueprints = [
-            bp
-            for bp in library.filter("vehicle.*")
-            if bp.has_attribute("number_of_wheels") and bp.get_attribute("number_of_wheels").as_int() == 4
-        ]
+        # cars only (buses and trucks jam Town01's junctions), sorted so that a seed gives the same traffic on any server
+        blueprints = sorted(
+            (
+                bp
+                for bp in library.filter("vehicle.*")
+                if bp.has_attribute("base_type") and bp.get_attribute("base_type").as_str().lower() == "car"
+            ),
+            key=lambda bp: bp.id,
+        )
         if not blueprints:
-            raise CarlaBackendError(f"The CARLA server {self.conn.address} offers no 4-wheeled vehicle blueprints for NPCs")
+            raise CarlaBackendError(f"The CARLA server {self.conn.address} offers no vehicle blueprints with base_type 'car'")
         batch = []
         for transform in chosen:
             bp = blueprints[int(rng.integers(len(blueprints)))]
@@ -446,10 +482,14 @@ class CarlaBackend(DrivingBackend):
                 client.set_timeout(self.config.timeout_s)
         self._sensors, self._ego, self._npc_ids = [], None, []
 
-    def _sweep_tagged(self) -> None:
-        """Destroy every actor carrying this env's tag (and sensors attached to them): sensors first."""
+    def _sweep_tagged(self, prefix: str | None = None) -> None:
+        """Destroy every actor whose ``role_name`` starts with ``prefix`` (default: this env's tag), sensors first.
+
+        :param prefix: ``self.tm_prefix`` sweeps what dead runs with this TM port left too.
+        """
+        prefix = prefix if prefix is not None else self.tag + ":"
         actors = list(self.conn.world.get_actors())
-        ours = [a for a in actors if str(a.attributes.get("role_name", "")).startswith(self.tag + ":")]
+        ours = [a for a in actors if str(a.attributes.get("role_name", "")).startswith(prefix)]
         our_ids = {a.id for a in ours}
         attached = [a for a in actors if a.id not in our_ids and a.parent is not None and a.parent.id in our_ids]
         sensors = [a for a in ours + attached if a.type_id.startswith("sensor.")]

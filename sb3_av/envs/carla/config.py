@@ -85,6 +85,17 @@ class CarlaConfig:
         ``"straight"``); after the last one, ``"straight"``. The default gives the scenario's turn.
     :param npc_min_distance_m: NPCs are not spawned closer than this to the ego's start (m).
     :param tm_distance_to_leading_m: Traffic Manager global distance to the leading vehicle (m).
+    :param worker: keep the CARLA client (client, world, Traffic Manager, sensors) in a worker process of this env's
+        own (default). LibCarla's Traffic Manager is process-global and aborts the process when its server dies,
+        so False (the client in the training process) is only for one env per process that may die with it.
+    :param server_wait_s: after a lost server or a dead worker, how long (s) a new worker waits for the server to
+        come back (a container restart plus a town load) before the env gives up with ``CarlaConnectionError``.
+    :param worker_timeout_s: the longest silence (s) of a worker during one request before it counts as hung and
+        is replaced; None = ``3 * timeout_s + sensor_timeout_s + 5``. Phases that may take longer (a town load,
+        reconnect attempts) announce their own bound.
+    :param share_server: let this env use a server that another env on this machine uses (with its own TM
+        port). Each env's tick advances the shared world, so every env sees more than ``dt`` pass per step:
+        this changes the dynamics. Default False: one env per server.
     """
 
     host: str = "127.0.0.1"
@@ -112,6 +123,10 @@ class CarlaConfig:
     junction_choices: tuple[str, ...] = field(default=("left",))
     npc_min_distance_m: float = 15.0
     tm_distance_to_leading_m: float = 2.5
+    worker: bool = True
+    server_wait_s: float = 180.0
+    worker_timeout_s: float | None = None
+    share_server: bool = False
 
     def __post_init__(self) -> None:
         _check_servers(self)
@@ -157,6 +172,13 @@ class CarlaConfig:
         return out
 
     @property
+    def answer_timeout_s(self) -> float:
+        """``worker_timeout_s``, or its default ``3 * timeout_s + sensor_timeout_s + 5`` (s)."""
+        if self.worker_timeout_s is not None:
+            return float(self.worker_timeout_s)
+        return 3.0 * self.timeout_s + self.sensor_timeout_s + 5.0
+
+    @property
     def server(self) -> tuple[str, int]:
         """``(host, port)`` of the (first candidate) server."""
         return self.candidates()[0][:2]
@@ -191,7 +213,12 @@ def _check_numbers(cfg: CarlaConfig) -> None:
         value = getattr(cfg, name)
         if not is_finite_number(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    for name in ("reconnect_backoff_s", "npc_min_distance_m", "tm_distance_to_leading_m"):
+    for name in ("worker", "share_server"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    if cfg.worker_timeout_s is not None and (not is_finite_number(cfg.worker_timeout_s) or cfg.worker_timeout_s <= 0):
+        raise ValueError(f"worker_timeout_s must be None or a finite number > 0, got {cfg.worker_timeout_s!r}")
+    for name in ("reconnect_backoff_s", "npc_min_distance_m", "tm_distance_to_leading_m", "server_wait_s"):
         value = getattr(cfg, name)
         if not is_finite_number(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

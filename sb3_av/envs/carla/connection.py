@@ -1,10 +1,19 @@
 """The connection to one CARLA server: timeouts, version check, town, synchronous mode, Traffic Manager.
 
 One :class:`CarlaConnection` per env. It claims its ``(host, port, tm_port)`` with a lock file, so two envs
-on one machine (in one process or several) can never drive the same Traffic Manager; the world settings
-the first env found are kept next to the lock and restored by the last env that leaves the server (a run
-that died without restoring them leaves the file behind, and the next run restores those, not the
-synchronous mode the dead run left on the server).
+on one machine (in one process or several) can never drive the same Traffic Manager, and, unless
+``share_server`` is set, one server serves one env (two envs ticking one world each advance it, so each sees
+twice its ``dt`` per step). The world settings the first env found are kept next to the lock and restored by
+the last env that leaves the server (a run that died without restoring them leaves the file behind, and the
+next run restores those, not the synchronous mode the dead run left on the server).
+
+LibCarla keeps one Traffic Manager per port per *process* (``trafficmanager/TrafficManager.cpp``,
+``TrafficManager::_tm_map``): a new client in the same process gets the old TM back, still bound to the old
+server connection, and the next tick or settings change steps it and aborts the process if that server is gone.
+So a reconnect in the same process is only done to the same server episode (a hang that passed); a server
+that restarted raises :class:`~sb3_av.envs.carla.errors.CarlaServerRestarted` and the env's worker process is
+replaced (:mod:`sb3_av.envs.carla.worker`). ``close()`` takes the TM out of synchronous mode and shuts it
+down while the server answers, never after it died.
 """
 
 from __future__ import annotations
@@ -21,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from sb3_av.envs.carla.config import CarlaConfig
-from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaVersionError
+from sb3_av.envs.carla.errors import (
+    CARLA_VERSION,
+    CarlaBackendError,
+    CarlaConnectionError,
+    CarlaServerRestarted,
+    CarlaVersionError,
+)
 
 try:  # POSIX only; elsewhere the port claim is skipped
     import fcntl
@@ -58,23 +73,40 @@ class _Claim:
         self.server_prefix = f"srv_{_safe(host)}_{port}."
         self.tm_path = lock_dir() / f"tm{tm_port}.lock"
         self.path = lock_dir() / f"{self.server_prefix}tm{tm_port}.lock"
+        self.world_path = lock_dir() / f"{self.server_prefix}world.lock"  # exclusive: sole user; shared: sharing
         self._fds: list[int] = []
 
-    def acquire(self) -> bool:
+    def acquire(self, share_server: bool = False) -> bool:
         if fcntl is None:
             return True
-        for path in (self.tm_path, self.path):
+        world_mode = fcntl.LOCK_SH if share_server else fcntl.LOCK_EX
+        locks = ((self.tm_path, fcntl.LOCK_EX), (self.path, fcntl.LOCK_EX), (self.world_path, world_mode))
+        for path, mode in locks:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 self.release()
                 return False
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            if mode == fcntl.LOCK_EX:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
             self._fds.append(fd)
         return True
+
+    def tm_free(self) -> bool:
+        """Whether no env on this machine holds the TM port (so a refused claim was for the server alone)."""
+        if fcntl is None:
+            return True
+        fd = os.open(self.tm_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def holder(self) -> str:
         try:
@@ -142,6 +174,9 @@ class CarlaConnection:
         self.map: Any = None
         self.traffic_manager: Any = None
         self.generation = 0  # incremented by every successful (re)connect
+        self.episode_id: int | None = None  # the server's world (episode) id this connection set up
+        #: Called with ``(bound_s, what)`` before a step that may take up to ``bound_s`` seconds (the worker's heartbeat).
+        self.on_progress: Callable[[float, str], None] | None = None
 
     @property
     def address(self) -> str:
@@ -170,13 +205,21 @@ class CarlaConnection:
             raise
 
     def _claim_server(self) -> None:
-        """Take the first candidate server whose TM port no other env on this machine holds."""
+        """Take the first candidate server that no other env on this machine uses (``share_server``: whose TM port)."""
+        share = self.config.share_server
         for host, port, tm_port in self._candidates:
             claim = _Claim(host, port, tm_port)
-            if claim.acquire():
+            if claim.acquire(share):
                 self.host, self.port, self.tm_port, self._claim = host, port, tm_port, claim
                 self._claimed = True
                 return
+        if len(self._candidates) == 1 and self._claim.tm_free():
+            raise CarlaBackendError(
+                f"The CARLA server {self.address} is already used by another env on this machine. Two envs ticking "
+                "one world each advance it, so each would see twice its dt per step: give each env its own server "
+                "(servers=[...], one per env plus one for an eval env), or pass share_server=True to every env of "
+                "this server if you accept the changed dynamics."
+            )
         if len(self._candidates) == 1:
             raise CarlaBackendError(
                 f"Traffic Manager port {self.tm_port} is already used by another env on this machine "
@@ -189,7 +232,8 @@ class CarlaConnection:
         listed = ", ".join(f"{h}:{p} (TM {t})" for h, p, t in self._candidates)
         raise CarlaBackendError(
             f"Every server in servers=[...] is already used by another env on this machine: {listed}. "
-            "List one server per env (n_envs, plus one for an eval env), or give distinct TM ports ('host:port:tm_port')."
+            "List one server per env (n_envs, plus one for an eval env); sharing a server (share_server=True, distinct "
+            "TM ports 'host:port:tm_port') changes the dynamics."
         )
 
     def reconnect(self, cause: BaseException) -> None:
@@ -206,11 +250,15 @@ class CarlaConnection:
             logger.warning(
                 "CARLA server %s lost (%s); reconnect attempt %d/%d in %.1f s", self.address, last, k, attempts, wait
             )
+            self._progress(wait + self.config.connect_timeout_s + 3 * self.config.timeout_s, f"reconnect attempt {k}")
             time.sleep(wait)
             try:
                 self._connect()
                 logger.warning("Reconnected to the CARLA server %s", self.address)
                 return
+            except CarlaServerRestarted:
+                self._drop()
+                raise
             except (RuntimeError, CarlaConnectionError) as exc:
                 self._drop()
                 last = exc
@@ -235,15 +283,32 @@ class CarlaConnection:
                 with contextlib.suppress(Exception):
                     self.client.set_timeout(min(self.config.timeout_s, _CLOSE_TIMEOUT_S))
                 try:
-                    if self.traffic_manager is not None:
-                        self.traffic_manager.set_synchronous_mode(False)
-                    if self._claim.others_on_server() == 0:
-                        self._restore_settings()
-                except Exception as exc:  # the server may be gone; closing must still succeed
-                    logger.warning("Could not restore the CARLA settings on %s: %s", self.address, _one_line(exc))
+                    self.client.get_server_version()  # does it answer? A TM must not be touched after its server died
+                    alive = True
+                except Exception as exc:
+                    alive = False
+                    logger.warning("The CARLA server %s does not answer on close: %s", self.address, _one_line(exc))
+                if alive:
+                    self._close_on_live_server()
         finally:
             self._drop()
             self._release_claim()
+
+    def _close_on_live_server(self) -> None:
+        """TM out of synchronous mode, world settings restored (by the last env), TM shut down."""
+        tm = self.traffic_manager
+        try:
+            if tm is not None:
+                tm.set_synchronous_mode(False)
+            if self._claim.others_on_server() == 0:
+                self._restore_settings()
+        except Exception as exc:  # the server may be gone; closing must still succeed
+            logger.warning("Could not restore the CARLA settings on %s: %s", self.address, _one_line(exc))
+        if tm is not None:
+            try:
+                tm.shut_down()  # unregisters it from the process's TM map; its threads and RPC server stop
+            except Exception as exc:
+                logger.warning("Could not shut down the Traffic Manager %d: %s", self.tm_port, _one_line(exc))
 
     # ------------------------------------------------------------------ internals
     def _connect(self) -> None:
@@ -268,10 +333,20 @@ class CarlaConnection:
             )
         client.set_timeout(cfg.timeout_s)
         world = client.get_world()
+        if self.episode_id is not None and int(world.id) != self.episode_id:
+            raise CarlaServerRestarted(
+                f"The CARLA server at {self.address} answers again but with a new world (episode {world.id}, was "
+                f"{self.episode_id}): it restarted or another client loaded a map. This process's Traffic Manager is bound "
+                "to the old one, so the env needs a new client process.",
+                self.host,
+                self.port,
+            )
         if _map_basename(world.get_map().name) != _map_basename(cfg.town):
+            self._progress(cfg.load_timeout_s + cfg.timeout_s, f"loading {cfg.town}")
             world = self._load_town(client)
         self.client = client
         self.world = world
+        self.episode_id = int(world.id)
         self._apply_sync_settings()
         try:
             tm = client.get_trafficmanager(self.tm_port)
@@ -312,7 +387,11 @@ class CarlaConnection:
         the world, holds what the user had.
         """
         settings = self.world.get_settings()
-        current = {"synchronous_mode": bool(settings.synchronous_mode), "fixed_delta_seconds": settings.fixed_delta_seconds}
+        current = {
+            "synchronous_mode": bool(settings.synchronous_mode),
+            "fixed_delta_seconds": settings.fixed_delta_seconds,
+            "no_rendering_mode": bool(settings.no_rendering_mode),
+        }
         path = self._claim.settings_path
         if self._original is None:
             saved = _read_settings(path)  # another live env's record, or a dead run's
@@ -329,6 +408,7 @@ class CarlaConnection:
         path.write_text(json.dumps(self._original))
         settings.synchronous_mode = True
         settings.fixed_delta_seconds = self.config.dt
+        settings.no_rendering_mode = False  # else the camera delivers no images
         self.world.apply_settings(settings)
 
     def _restore_settings(self) -> None:
@@ -341,9 +421,14 @@ class CarlaConnection:
         settings = self.world.get_settings()
         settings.synchronous_mode = bool(original["synchronous_mode"])
         settings.fixed_delta_seconds = original["fixed_delta_seconds"]
+        settings.no_rendering_mode = bool(original.get("no_rendering_mode", False))
         self.world.apply_settings(settings)
         with contextlib.suppress(OSError):
             path.unlink()
+
+    def _progress(self, bound_s: float, what: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(bound_s, what)
 
     def _drop(self) -> None:
         self.client = None
@@ -369,7 +454,11 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or "synchronous_mode" not in data or "fixed_delta_seconds" not in data:
         logger.warning("Ignoring the saved CARLA settings %s: unexpected content %r", path, data)
         return None
-    return {"synchronous_mode": bool(data["synchronous_mode"]), "fixed_delta_seconds": data["fixed_delta_seconds"]}
+    return {
+        "synchronous_mode": bool(data["synchronous_mode"]),
+        "fixed_delta_seconds": data["fixed_delta_seconds"],
+        "no_rendering_mode": bool(data.get("no_rendering_mode", False)),
+    }
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ __all__ = [
     "CarlaConnectionError",
     "CarlaError",
     "CarlaSensorTimeout",
+    "CarlaServerRestarted",
     "CarlaVersionError",
     "how_to_start_carla",
 ]
@@ -50,6 +51,14 @@ class CarlaConnectionError(CarlaError, ConnectionError):
         self.host = host
         self.port = port
         super().__init__(f"{message}\n{how_to_start_carla(host, port)}")
+
+
+class CarlaServerRestarted(CarlaConnectionError):
+    """The server answers again, but with a new world: it restarted (or a map was loaded by another client).
+
+    LibCarla's Traffic Manager of this process is still bound to the old world, so only a new client process can
+    go on (the env's worker is replaced).
+    """
 
 
 class CarlaVersionError(CarlaError):

@@ -69,29 +69,36 @@ class FrameQueue:
             self._cond.notify()
 
     def get(self, frame: int, timeout_s: float) -> Any:
-        """The data of ``frame``; older data is dropped, a bounded wait for the rest.
+        """The data of ``frame``; older data is dropped, newer data kept (data may arrive out of order), a bounded wait.
 
         :param frame: the frame id ``world.tick`` returned.
         :param timeout_s: the longest wait (s).
-        :raises CarlaSensorTimeout: nothing for ``frame`` within ``timeout_s``, or only newer frames (the
-            data of ``frame`` was lost).
+        :raises CarlaSensorTimeout: nothing for ``frame`` within ``timeout_s`` (if newer frames came, the data of
+            ``frame`` was lost).
         """
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
+                newer = []
+                found = None
                 while self._items:
                     data = self._items.popleft()
-                    if data.frame == frame:
-                        return data
-                    if data.frame < frame:
+                    if data.frame == frame and found is None:
+                        found = data
+                    elif data.frame <= frame:
                         self.stale_dropped += 1
-                        continue
-                    raise CarlaSensorTimeout(
-                        f"The {self.name} data of frame {frame} was lost (got frame {data.frame}); "
-                        "another client may be ticking this world"
-                    )
+                    else:
+                        newer.append(data)
+                self._items.extend(newer)
+                if found is not None:
+                    return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if newer:
+                        raise CarlaSensorTimeout(
+                            f"The {self.name} data of frame {frame} was lost (got frame {newer[0].frame}); "
+                            "another client may be ticking this world"
+                        )
                     raise CarlaSensorTimeout(
                         f"No {self.name} data for frame {frame} within {timeout_s:.1f} s (sensor_timeout_s); "
                         "the CARLA server is hung or overloaded"
