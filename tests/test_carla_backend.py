@@ -7,6 +7,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -646,3 +647,124 @@ def test_make_carla_env_end_to_end_on_the_standin(net):
     assert server.violations == []
     with pytest.raises(ValueError, match="valid keys"):
         make_carla_env("CarlaScenario0", client_factory=net.client_factory, carla_module=cs.standin_carla, hots="x")
+
+
+# ---------------------------------------------------------------------------------------------- what a real server does
+def test_npc_blueprints_are_cars_sorted_by_id_so_a_seed_gives_the_same_traffic(net):
+    servers = [net.add(port=p) for p in (2000, 2010)]
+    while [bp.id for bp in servers[0].blueprints] == [bp.id for bp in servers[1].blueprints]:
+        servers[1].blueprints.reverse()  # the two libraries list the blueprints in different orders
+    picked = []
+    for port, server in zip((2000, 2010), servers, strict=True):
+        backend = _backend(net, port=port, npc_vehicles=20)
+        backend.reset(seed=7)
+        npcs = sorted((a for a in _own(server, backend) if a.attributes["role_name"].endswith(":npc")), key=lambda a: a.id)
+        picked.append([a.type_id for a in npcs])
+        backend.close()
+    vehicles = [bp for bp in servers[0].blueprints if bp.id.startswith("vehicle.")]
+    cars = {bp.id for bp in vehicles if bp.get_attribute("base_type").value == "car"}
+    assert len(picked[0]) == 20 and set(picked[0]) <= cars and len(set(picked[0])) > 1  # no bus, truck or motorbike
+    assert picked[0] == picked[1]
+
+
+def test_no_rendering_mode_is_forced_off_and_restored(net):
+    server = net.add()
+    server.settings.no_rendering_mode = True  # a server started for NPC-only work: no camera images at all
+    backend = _backend(net)
+    assert server.settings.no_rendering_mode is False
+    frame = backend.reset(seed=0)
+    assert frame.image.shape == (84, 84)
+    backend.close()
+    assert server.settings.no_rendering_mode is True and server.settings.synchronous_mode is False
+
+
+def test_missing_first_images_are_waited_for_over_a_few_ticks_not_taken_for_a_lost_server(net):
+    server = net.add()
+    backend = _backend(net, reconnect_backoff_s=5.0)  # a reconnect would sleep 5 s
+    clients = len(net.clients)
+    server.drop_images = 3  # the settling tick and the first two ticks after it bring no image
+    t0 = time.monotonic()
+    frame = backend.reset(seed=0)
+    assert time.monotonic() - t0 < 2.0
+    assert len(net.clients) == clients and frame.extra.get("episode_restarted") is None
+    camera = server.alive("sensor.camera")[0]
+    assert int(frame.image[0, 0]) == server.image_value(server.frame, camera) and frame.sim_time_s == 0.0
+    backend.close()
+    strict = _backend(net, max_reconnects=0)
+    server.drop_images = 4  # one tick too many: now it is a lost camera (a hung server)
+    with pytest.raises(CarlaConnectionError, match="No camera data"):
+        strict.reset(seed=1)
+    strict.close()
+
+
+def test_actors_of_a_killed_run_are_swept_by_the_next_run_on_that_server(net):
+    server = net.add()
+    killed = _backend(net)
+    killed.reset(seed=0)
+    left = _own(server, killed)
+    assert len(left) == 4 + 5
+    killed.conn._claim.release()  # SIGKILL: the kernel drops the locks; nothing is destroyed
+    other = _backend(net, tm_port=8001, share_server=True, route_start_index=60)  # another TM port: not a dead run's
+    n_other = other.reset(seed=0).extra["npc_vehicles"]
+    nxt = _backend(net, share_server=True)  # the next run with the dead run's TM port
+    assert nxt.uid != killed.uid
+    nxt.reset(seed=1)
+    assert not any(a.is_alive for a in left)
+    assert len(_own(server, nxt)) == 4 + 5 and len(_own(server, other)) == 4 + n_other  # another live env's stay
+    nxt.close()
+    other.close()
+    assert server.violations == []
+
+
+# ---------------------------------------------------------------------------------------------- TM lifecycle, callbacks
+def test_close_takes_the_tm_out_of_sync_mode_and_shuts_it_down(net):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    tm = cs.TM_MAP[8000]
+    ticks = tm.ticks
+    backend.step(0.0, 0.5, 0.0)
+    assert tm.ticks == ticks + 1  # the world's tick stepped it
+    backend.close()
+    assert tm.synchronous is False and tm.shut and 8000 not in cs.TM_MAP
+    assert server.count("tm.shut_down") == 1
+
+
+def test_close_never_touches_the_tm_of_a_dead_server(net, monkeypatch):
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    aborts = []
+    monkeypatch.setattr(cs.os, "abort", lambda: aborts.append("abort"))  # what LibCarla would do to the process
+    server.down = True
+    t0 = time.monotonic()
+    backend.close()
+    assert time.monotonic() - t0 < 5.0
+    assert aborts == [] and 8000 in cs.TM_MAP  # left alone (its worker process exits without touching it)
+
+
+def test_close_does_not_deadlock_against_a_callback_in_progress(net):
+    server = net.add()
+    backend = _backend(net, sensor_timeout_s=2.0)
+    backend.reset(seed=0)
+    camera = next(s for s in server.alive("sensor.camera"))
+    key = (id(server), camera.id)
+    queue = backend._camera
+    release = threading.Event()
+
+    def hold_the_queue():
+        with queue._cond:  # the camera's callback will block on this lock until released
+            release.wait(5.0)
+
+    holder = threading.Thread(target=hold_the_queue, daemon=True)
+    holder.start()
+    backend.conn.world.tick(1.0)  # an image on its way, nobody waiting for it
+    deadline = time.monotonic() + 2.0
+    while cs.STREAM._in_flight != key and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert cs.STREAM._in_flight == key, "the callback never started"
+    threading.Timer(0.3, release.set).start()
+    t0 = time.monotonic()
+    backend.close()  # stops the camera while its callback runs: waits for it, not for ever
+    assert 0.2 < time.monotonic() - t0 < 3.0
+    assert server.violations == [] and {a.id for a in server.alive()} == {server.spectator.id}
