@@ -175,7 +175,7 @@ def test_training_logs_and_evaluate_share_the_metrics() -> None:
     env.reset(seed=0)
     infos: list[dict[str, Any]] = []
     policy = _Throttle([0.5])
-    while not infos or not (infos[-1]["termination"]):
+    while not infos or infos[-1]["termination"] is None:
         infos.append(env.step(policy.predict(None)[0])[4])
     callback = DrivingMetricsCallback()
     callback.init_callback(TD3("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [4]}, buffer_size=10, device="cpu"))
