@@ -1,4 +1,4 @@
-"""The ``sb3-av`` command: ``sb3-av train | evaluate | check-logs | plot`` (also ``python -m sb3_av ...``).
+"""The ``sb3-av`` command: ``sb3-av train | evaluate | record | check-logs | plot`` (also ``python -m sb3_av ...``).
 
 Each subcommand lives in its module as a pair ``add_*_arguments(parser)`` / ``run_*_command(args) -> int``;
 this file only maps names to them (imported when used, so ``sb3-av check-logs`` does not load the simulators).
@@ -29,6 +29,12 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_evaluate_command",
         "evaluate a run folder, a saved model or the PID + pure-pursuit baseline: driving metrics as a table and JSON "
         "(the same command as enjoy.py)",
+    ),
+    "record": (
+        "sb3_av.record",
+        "add_record_arguments",
+        "run_record_command",
+        "record evaluation episodes of a run folder, a saved model or the baseline as an MP4 and a GIF (Lite envs)",
     ),
     "check-logs": (
         "sb3_av.log_check",

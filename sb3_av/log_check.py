@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sb3_av.grad_clip import CLIP_EPS, GROUP_NAMES
 
-__all__ = ["CheckResult", "add_check_logs_arguments", "check_run", "find_event_dirs", "run_check_logs_command"]
+__all__ = ["CheckResult", "add_check_logs_arguments", "check_run", "find_event_dirs", "load_scalars", "run_check_logs_command"]
 
 #: Relative slack on ``AFTER <= max_norm``: the clip coefficient is max_norm / (norm + 1e-6), and float32 rounding.
 RELATIVE_TOLERANCE = 1e-4
@@ -53,7 +53,8 @@ def find_event_dirs(run_dir: Path) -> list[Path]:
     return sorted({path.parent for path in run_dir.rglob("events.out.tfevents.*")})
 
 
-def _load_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+def load_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard events in ``event_dir``: tag -> [(step, value), ...]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines ("No path found after ...") are noise
@@ -68,7 +69,7 @@ def check_run(event_dir: Path) -> CheckResult:
 
     :raises UnreadableRunError: when the folder holds no gradient diagnostics (``debug/*_grad_norm_*`` tags).
     """
-    scalars = _load_scalars(event_dir)
+    scalars = load_scalars(event_dir)
     result = CheckResult(run=event_dir)
     present = [group for group in GROUP_NAMES if f"debug/{group}_grad_norm_AFTER_clip" in scalars]
     if not present:

@@ -1,4 +1,5 @@
-"""Watch an agent drive: evaluation episodes of a model, a run folder or the baseline as an MP4 and a GIF.
+"""``sb3-av record`` (and ``enjoy.py --video``): evaluation episodes of a model, a run folder or the baseline as
+an MP4 and a GIF.
 
 Each video frame shows, side by side, a larger top-down view of the road (the route in yellow, NPC vehicles in
 red, the ego in green; ``view_px`` pixels at ``view_ppm`` pixels per metre, heading up) and the agent's own
@@ -12,6 +13,7 @@ The top-down view needs the embedded simulator's state; CARLA envs are not suppo
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sb3_av.baselines import PIDPurePursuit
 
-__all__ = ["Alert", "RecordError", "StepOverlay", "compose_frame", "record_episodes", "write_video"]
+__all__ = [
+    "Alert",
+    "RecordError",
+    "StepOverlay",
+    "add_record_arguments",
+    "alerts_line",
+    "compose_frame",
+    "read_alerts",
+    "record_episodes",
+    "record_target",
+    "run_record_command",
+    "write_video",
+]
 
 #: Grayscale values of the Lite camera (sb3_av.envs.lite.render) -> colours of the recording's view.
 _PALETTE_ENTRIES = {0: (34, 70, 40), 90: (85, 85, 90), 200: (235, 235, 235), 255: (220, 60, 60), 150: (60, 200, 90)}
@@ -40,7 +54,7 @@ _GAP_PX = 8
 _MACRO_BLOCK = 16  # H.264 encodes frames whose sides are multiples of 16 without resizing them
 
 
-class RecordError(Exception):
+class RecordError(ValueError):
     """What the user asked for cannot be recorded (unsupported env, bad output path, ...)."""
 
 
@@ -303,3 +317,104 @@ def write_video(
     if gif_path is not None and gif_frames:
         imageio.mimsave(gif_path, gif_frames, duration=1000.0 * gif_every / fps, loop=0)
     return count
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def read_alerts(log_dir: Path) -> list[Alert]:
+    """The gradient-norm alerts in the TensorBoard events under ``log_dir`` (a run's or its ``-tb`` folder).
+
+    :return: every ``alerts/gradient_explosion_{warning,critical}`` event, sorted by step (none: an empty list).
+    """
+    from sb3_av.log_check import find_event_dirs, load_scalars
+
+    alerts = []
+    for event_dir in find_event_dirs(log_dir):
+        scalars = load_scalars(event_dir)
+        for level in ("warning", "critical"):
+            alerts += [
+                Alert(int(step), level, float(norm)) for step, norm in scalars.get(f"alerts/gradient_explosion_{level}", [])
+            ]
+    return sorted(alerts, key=lambda alert: alert.step)
+
+
+def record_target(
+    model: Any,
+    target: Any,
+    env_id: str,
+    out: Path,
+    n_episodes: int,
+    seed: int,
+    log_dir: Path | None = None,
+    gif: bool = True,
+    view_px: int = 352,
+) -> list[Path]:
+    """Record ``n_episodes`` of a model (or the baseline when ``model`` is None) on ``env_id`` to ``out`` (MP4) and,
+    with ``gif``, a GIF of the same name beside it.
+
+    :param model: the loaded model, or None for the PID + pure-pursuit baseline.
+    :param target: the :class:`sb3_av.zoo.enjoy.Target` it came from (env kwargs, run folder).
+    :param log_dir: where the run's TensorBoard events are (default: the run folder), for the alert line.
+    :return: the files written.
+    :raises RecordError: the output is not an ``.mp4`` path, or the env is not the embedded simulator.
+    """
+    from sb3_av.zoo.enjoy import make_env_for
+
+    if out.suffix.lower() != ".mp4":
+        raise RecordError(f"the video path must end in .mp4 (a .gif is written beside it), got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    events = log_dir or target.run_dir
+    alerts = alerts_line(read_alerts(events), int(model.num_timesteps)) if model is not None and events else ""
+    who = f"{target.algo} {target.model_path}" if model is not None else "PID + pure-pursuit baseline"
+    env = make_env_for(env_id, model, target)
+    try:
+        agent = model if model is not None else PIDPurePursuit.from_env(env)
+        fps = float(env.metadata.get("render_fps", 20)) / int(target.env_kwargs.get("action_repeat", 1))
+        frames = record_episodes(agent, env, n_episodes, seed, title=f"{env_id}  {who}", alerts=alerts, view_px=view_px)
+        gif_path = out.with_suffix(".gif") if gif else None
+        count = write_video(frames, out, gif_path, fps=fps)
+    finally:
+        env.close()
+    written = [out] + ([gif_path] if gif_path is not None else [])
+    print(f"Recorded {n_episodes} episode(s) of {who} on {env_id}: {count} frames -> {', '.join(map(str, written))}")
+    return written
+
+
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``sb3-av record``: what to run (as ``sb3-av evaluate``), where to write, how many episodes."""
+    from sb3_av.zoo.enjoy import add_target_arguments
+
+    add_target_arguments(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=1, help="episodes to record (default: 1)")
+    parser.add_argument("-o", "--out", type=Path, help="the MP4 to write (default: videos/<env id>_<run or baseline>.mp4)")
+    parser.add_argument("--no-gif", action="store_true", help="write only the MP4 (default: also a GIF beside it)")
+    parser.add_argument(
+        "--tb-log", type=Path, help="the run's TensorBoard folder, for the alert line (default: the run folder)"
+    )
+    parser.add_argument("--view-px", type=int, default=352, help="side of the top-down view in pixels (default: 352)")
+
+
+def run_record_command(args: argparse.Namespace) -> int:
+    """``sb3-av record``: record evaluation episodes; 0, or 2 with one line on stderr for any failure."""
+    from sb3_av.zoo.enjoy import run_user_command
+
+    return run_user_command(_run_record, args, default_prog="sb3-av record")
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from sb3_av.zoo.enjoy import load_model, resolve_target
+
+    if args.n_episodes < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n_episodes}")
+    if args.view_px < 64:
+        raise ValueError(f"--view-px must be >= 64, got {args.view_px}")
+    target = resolve_target(args)
+    if args.tb_log is not None and not args.tb_log.is_dir():
+        raise FileNotFoundError(f"--tb-log {args.tb_log} is not a folder")
+    model = load_model(target, args.device)
+    for env_id in target.env_ids:
+        name = target.run_dir.name if target.run_dir else (target.model_path.stem if target.model_path else "baseline")
+        out = args.out or Path("videos") / f"{env_id}_{name}.mp4"
+        if args.out is not None and len(target.env_ids) > 1:
+            out = args.out.with_name(f"{args.out.stem}_{env_id}{args.out.suffix}")
+        record_target(model, target, env_id, out, args.n_episodes, args.seed, args.tb_log, not args.no_gif, args.view_px)
+    return 0

@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sb3_av.callbacks import GradientMonitorCallback
 from sb3_av.cli import main as cli_main
-from sb3_av.log_check import _load_scalars, find_event_dirs
+from sb3_av.log_check import load_scalars, find_event_dirs
 from sb3_av.td3 import ClippedTD3
 from sb3_av.torch_layers import MultiInputExtractor
 from tests.image_vector_env import ImageVectorEnv
@@ -40,7 +40,7 @@ def healthy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tags_are_written_with_window_values(healthy_run: Path) -> None:
     (event_dir,) = find_event_dirs(healthy_run)
-    scalars = _load_scalars(event_dir)
+    scalars = load_scalars(event_dir)
     for group in GROUPS:
         for when in ("BEFORE", "AFTER"):
             assert f"debug/{group}_grad_norm_{when}_clip" in scalars, group
@@ -65,7 +65,7 @@ def test_tags_are_written_with_window_values(healthy_run: Path) -> None:
 def test_actor_groups_never_logged_as_zero_by_policy_delay(tmp_path: Path) -> None:
     # dump every step and train every step: half the windows hold only a critic step (policy_delay=2)
     run = _train_logged(tmp_path, steps=80, callback=GradientMonitorCallback(dump_freq=1))
-    scalars = _load_scalars(find_event_dirs(run)[0])
+    scalars = load_scalars(find_event_dirs(run)[0])
     actor = scalars["debug/actor_mlp_grad_norm_BEFORE_clip"]
     critic = scalars["debug/critic_mlp_grad_norm_BEFORE_clip"]
     assert all(value > 0 for _, value in actor)
@@ -130,7 +130,7 @@ def test_explosion_alerts_on_before_norms(tmp_path: Path, caplog: pytest.LogCapt
     )
     with caplog.at_level(logging.WARNING, logger="sb3_av.callbacks.grad_monitor"):
         run = _train_logged(tmp_path, steps=50, callback=callback, max_grad_norms={"actor_cnn": 1e-7})
-    scalars = _load_scalars(find_event_dirs(run)[0])
+    scalars = load_scalars(find_event_dirs(run)[0])
     assert callback.alert_counts["warning"] > 0 and callback.alert_counts["critical"] > 0
     assert len(scalars["alerts/gradient_explosion_warning"]) == callback.alert_counts["warning"]
     assert all(value > 2e-7 for _, value in scalars["alerts/gradient_explosion_warning"])
@@ -151,7 +151,7 @@ def test_nan_gradient_raises_critical_alert(tmp_path: Path, caplog: pytest.LogCa
     callback = GradientMonitorCallback(dump_freq=1000)
     with caplog.at_level(logging.WARNING, logger="sb3_av.callbacks.grad_monitor"):
         model.learn(50, callback=callback, tb_log_name="nan")
-    scalars = _load_scalars(find_event_dirs(tmp_path)[0])
+    scalars = load_scalars(find_event_dirs(tmp_path)[0])
     assert [value for _, value in scalars["alerts/gradient_explosion_critical"]] == [math.inf]
     assert callback.alert_counts["critical"] == 1
     assert model.grad_norms.nonfinite_total["critic"] == 1

@@ -13,7 +13,16 @@ from PIL import Image
 
 import sb3_av  # noqa: F401  (registers the envs)
 from sb3_av.baselines import PIDPurePursuit
-from sb3_av.record import Alert, RecordError, StepOverlay, alerts_line, compose_frame, record_episodes, write_video
+from sb3_av.record import (
+    Alert,
+    RecordError,
+    StepOverlay,
+    alerts_line,
+    compose_frame,
+    read_alerts,
+    record_episodes,
+    write_video,
+)
 
 _EGO_RGB = (60, 200, 90)
 _NPC_RGB = (220, 60, 60)
@@ -103,3 +112,68 @@ def test_a_non_driving_env_is_a_clear_error() -> None:
 def test_nothing_to_write_is_an_error() -> None:
     with pytest.raises(RecordError, match="nothing to write"):
         write_video(iter([]), None, None, fps=20)
+
+
+def _record_cli(argv: list[str]) -> int:
+    from sb3_av.cli import main
+
+    return main(["record", *argv])
+
+
+_SHORT = ["--env-kwargs", "max_steps:20", "npc_vehicles:3"]
+
+
+def test_record_command_writes_mp4_and_gif_of_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v" / "pid.mp4"
+    assert _record_cli(["--baseline", "--env", "LiteScenario0-v0", "-n", "2", "-o", str(out), *_SHORT]) == 0
+    assert imageio.get_reader(out).count_frames() == 2 * (20 + 20)  # 20 steps + 1 s held at 20 Hz, twice
+    assert Image.open(out.with_suffix(".gif")).n_frames > 1
+    assert "Recorded 2 episode(s) of PID + pure-pursuit baseline on LiteScenario0-v0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baseline", "--env", "LiteScenario0-v0", "-o", "x.avi"], "must end in .mp4"),
+        (["--baseline", "--env", "NoSuchEnv-v0"], "unknown env id"),
+        (["--baseline", "--env", "LiteScenario0-v0", "-n", "0"], "-n must be >= 1"),
+        (["--model", "missing.zip", "--env", "LiteScenario0-v0"], "not found"),
+        (["--baseline", "--env", "CarlaScenario0-v0", "--env-kwargs", "port:2999", "connect_timeout_s:1"], "127.0.0.1:2999"),
+    ],
+)
+def test_record_command_errors_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _record_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sb3-av record: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "videos").exists() or not any((tmp_path / "videos").iterdir())
+
+
+def test_alerts_are_read_from_a_runs_tensorboard_events(tmp_path: Path) -> None:
+    from stable_baselines3.common.logger import configure
+
+    logger = configure(str(tmp_path / "tb"), ["tensorboard"])
+    for step, tag, value in [(10, "warning", 31.0), (20, "critical", float("inf")), (30, "warning", 55.0)]:
+        logger.record(f"alerts/gradient_explosion_{tag}", value)
+        logger.dump(step)
+    logger.close()
+    alerts = read_alerts(tmp_path)
+    assert alerts == [Alert(10, "warning", 31.0), Alert(20, "critical", float("inf")), Alert(30, "warning", 55.0)]
+    assert read_alerts(tmp_path / "tb" / "nothing") == []
+
+
+def test_enjoy_video_records_a_saved_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sb3_av.td3 import ClippedTD3
+    from sb3_av.zoo.enjoy import main
+
+    env = gym.make("LiteScenario0-v0", npc_vehicles=3)
+    model = ClippedTD3("MultiInputPolicy", env, buffer_size=10, policy_kwargs={"net_arch": [8]}, device="cpu")
+    model.save(tmp_path / "m.zip")
+    out = tmp_path / "m.mp4"
+    argv = ["--model", str(tmp_path / "m.zip"), "--env", "LiteScenario0-v0", "-n", "1", "--video", str(out), *_SHORT]
+    assert main(argv) == 0
+    assert "| LiteScenario0-v0 | 1 |" in capsys.readouterr().out  # the evaluation table, then the video
+    assert imageio.get_reader(out).count_frames() == 20 + 20
+    assert out.with_suffix(".gif").is_file()

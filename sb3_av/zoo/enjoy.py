@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,24 @@ from sb3_av.evaluation import evaluate, format_metrics_table
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.run_folder import RunInfo, find_checkpoints, read_run_info, resolve_model_path
 
-__all__ = ["add_evaluate_arguments", "build_parser", "main", "parse_env_kwargs", "resolve_run_dir", "run_evaluate_command"]
+__all__ = [
+    "Target",
+    "add_evaluate_arguments",
+    "add_target_arguments",
+    "build_parser",
+    "load_model",
+    "main",
+    "make_env_for",
+    "parse_env_kwargs",
+    "resolve_run_dir",
+    "resolve_target",
+    "run_evaluate_command",
+    "run_user_command",
+]
 
 
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the evaluation options (those of ``enjoy.py`` and ``sb3-av evaluate``) to a parser."""
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that say what to run (a run folder or model, or the baseline) and on which env."""
     parser.set_defaults(prog=parser.prog)
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="a run folder (e.g. logs/td3/LiteScenario0-v0_1) or .zip")
     who = parser.add_mutually_exclusive_group()
@@ -45,14 +58,26 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--load-best", action="store_true", help="best_model.zip (best evaluation)")
     which.add_argument("--load-checkpoint", type=int, metavar="STEPS", help="rl_model_<STEPS>_steps.zip")
     which.add_argument("--load-last-checkpoint", action="store_true", help="the checkpoint with the most steps")
-    parser.add_argument("-n", "--n-episodes", type=int, default=10, help="episodes per env (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default: 0)")
     parser.add_argument(
         "--env-kwargs", nargs="*", default=[], metavar="KEY:VALUE", help="env kwargs, e.g. npc_vehicles:5 (over the run's)"
     )
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     parser.add_argument("--device", default="auto", help="torch device of the model (default: auto)")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the evaluation options (those of ``enjoy.py`` and ``sb3-av evaluate``) to a parser."""
+    add_target_arguments(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=10, help="episodes per env (default: 10)")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     parser.add_argument("--json", metavar="OUT.json", help="also write the metrics (and per-episode results) as JSON")
+    parser.add_argument(
+        "--video",
+        metavar="OUT.mp4",
+        help="also record the first --video-episodes episodes on the first env as an MP4 and a GIF beside it "
+        "(deterministic actions, same seeds; see sb3-av record)",
+    )
+    parser.add_argument("--video-episodes", type=int, default=1, help="episodes in the --video (default: 1)")
 
 
 def build_parser(prog: str = "enjoy.py") -> argparse.ArgumentParser:
@@ -73,9 +98,18 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     :return: 0; 2 with a one-line message on stderr for a user error or any other failure (a corrupt model file,
         a lost simulator, a missing package); 130 after Ctrl-C.
     """
-    prog = getattr(args, "prog", "sb3-av evaluate")
+    return run_user_command(_run, args, default_prog="sb3-av evaluate")
+
+
+def run_user_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, default_prog: str) -> int:
+    """Run ``run(args)``; every failure becomes one line on stderr (``PROG: error: ...``) and exit status 2.
+
+    :return: ``run``'s status; 2 for a user error or any other failure (a corrupt model file, a lost simulator, a
+        missing package); 130 after Ctrl-C.
+    """
+    prog = getattr(args, "prog", default_prog)
     try:
-        return _run(args)
+        return run(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
@@ -124,24 +158,35 @@ def resolve_run_dir(args: argparse.Namespace) -> Path:
 
 
 @dataclass
-class _Target:
-    """What to evaluate: a model file (None: the baseline), its algorithm, the env ids and env kwargs."""
+class Target:
+    """What to evaluate: a model file (None: the baseline), its algorithm, the env ids and env kwargs.
+
+    :param run_dir: the run folder the model comes from (None for a bare .zip or the baseline).
+    """
 
     model_path: Path | None
     algo: str | None
     env_ids: list[str]
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
 
 
-def _target(args: argparse.Namespace) -> _Target:
-    """Resolve the arguments to a :class:`_Target` (run folder defaults under the command line's choices)."""
+def resolve_target(args: argparse.Namespace) -> Target:
+    """Resolve the arguments of :func:`add_target_arguments` to a :class:`Target` (run folder defaults under the
+    command line's choices).
+
+    :raises ValueError: contradictory or missing options.
+    :raises FileNotFoundError: the run folder or model file does not exist.
+    """
     loads = args.load_best or args.load_checkpoint is not None or args.load_last_checkpoint
     if args.baseline:
         if args.run_dir or loads:
             raise ValueError("--baseline evaluates the controller: give no run folder, model or --load-* option")
         if not args.env:
             raise ValueError("--env is required with --baseline")
-        return _Target(None, None, args.env, parse_env_kwargs(args.env_kwargs))
+        for env_id in args.env:
+            _check_env_id(env_id)
+        return Target(None, None, args.env, parse_env_kwargs(args.env_kwargs))
     path = Path(args.model or args.run_dir or resolve_run_dir(args))
     run = _run_info(path) if path.is_dir() else None
     if path.is_dir():
@@ -156,7 +201,17 @@ def _target(args: argparse.Namespace) -> _Target:
     if not env_ids:
         raise ValueError("--env is required (except with a run folder of train.py)")
     env_kwargs = {**(run.env_kwargs if run else {}), **parse_env_kwargs(args.env_kwargs)}
-    return _Target(model_path, args.algo or (run.algo if run else "td3"), env_ids, env_kwargs)
+    for env_id in env_ids:
+        _check_env_id(env_id)
+    return Target(model_path, args.algo or (run.algo if run else "td3"), env_ids, env_kwargs, path if path.is_dir() else None)
+
+
+def _check_env_id(env_id: str) -> None:
+    import sb3_av.envs
+
+    sb3_av.envs.register_envs()
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env id {env_id!r}; registered driving envs: {', '.join(sb3_av.envs.scenario_ids())}")
 
 
 def _run_info(run_dir: Path) -> RunInfo | None:
@@ -189,35 +244,35 @@ def _model_path(run_dir: Path, args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sb3_av.envs
-
-    sb3_av.envs.register_envs()
     if args.n_episodes < 1:
         raise ValueError(f"-n must be >= 1, got {args.n_episodes}")
-    target = _target(args)
-    for env_id in target.env_ids:
-        if env_id not in gym.registry:
-            raise ValueError(f"unknown env id {env_id!r}; registered driving envs: {', '.join(sb3_av.envs.scenario_ids())}")
-    model = None
-    if target.model_path is not None:
-        assert target.algo is not None
-        model = get_algorithm(target.algo).load(target.model_path, device=args.device)
+    target = resolve_target(args)
+    if args.video_episodes < 1:
+        raise ValueError(f"--video-episodes must be >= 1, got {args.video_episodes}")
+    model = load_model(target, args.device)
     rows = [(env_id, _evaluate_on(env_id, model, target, args)) for env_id in target.env_ids]
     print(format_metrics_table(rows))
     if args.json:
         _write_json(Path(args.json), target, args, rows)
+    if args.video:
+        from sb3_av.record import record_target
+
+        record_target(model, target, target.env_ids[0], Path(args.video), args.video_episodes, args.seed)
     return 0
 
 
-def _evaluate_on(env_id: str, model: Any, target: _Target, args: argparse.Namespace) -> dict[str, Any]:
+def load_model(target: Target, device: str = "auto") -> Any:
+    """The model a :class:`Target` names (None for the baseline), loaded with its algorithm's ``load``."""
+    if target.model_path is None:
+        return None
+    assert target.algo is not None
+    return get_algorithm(target.algo).load(target.model_path, device=device)
+
+
+def _evaluate_on(env_id: str, model: Any, target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``model`` (the baseline when None) on a new env of ``env_id``, closed afterwards."""
-    env = gym.make(env_id, **target.env_kwargs)
+    env = make_env_for(env_id, model, target)
     try:
-        if model is not None and model.observation_space != env.observation_space:
-            raise ValueError(
-                f"the model's observation space {model.observation_space} does not match {env_id}'s "
-                f"{env.observation_space}; use the env kwargs it was trained with"
-            )
         who = target.model_path if model is not None else "the PID + pure-pursuit baseline"
         print(f"Evaluating {who} on {env_id} ({args.n_episodes} episodes, env kwargs {target.env_kwargs})")
         policy = model if model is not None else PIDPurePursuit.from_env(env)
@@ -226,7 +281,22 @@ def _evaluate_on(env_id: str, model: Any, target: _Target, args: argparse.Namesp
         env.close()
 
 
-def _write_json(out: Path, target: _Target, args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> None:
+def make_env_for(env_id: str, model: Any, target: Target) -> gym.Env:
+    """A new env of ``env_id`` with the target's env kwargs, checked against the model's observation space.
+
+    :raises ValueError: the model was trained on another observation space (the env is closed).
+    """
+    env = gym.make(env_id, **target.env_kwargs)
+    if model is not None and model.observation_space != env.observation_space:
+        env.close()
+        raise ValueError(
+            f"the model's observation space {model.observation_space} does not match {env_id}'s "
+            f"{env.observation_space}; use the env kwargs it was trained with"
+        )
+    return env
+
+
+def _write_json(out: Path, target: Target, args: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]]) -> None:
     """``{model, algo | baseline, n_episodes, seed, env_kwargs, results: [{env_id, metrics...}]}``."""
     who = {"model": str(target.model_path), "algo": target.algo} if target.model_path else {"baseline": "pid_pure_pursuit"}
     payload = {
