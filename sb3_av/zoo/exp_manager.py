@@ -446,6 +446,45 @@ class DrivingExperimentManager(ExperimentManager):
         whose env or simulator raises (lost CARLA server, timeout, any other exception) is marked FAILED
         (the objective returns NaN) and the study goes on with the next trial.
         """
+        kwargs = self._trial_hyperparams(trial)
+        train_env: VecEnv | None = None
+        eval_env: VecEnv | None = None
+        try:
+            train_env = self.create_envs(self.n_envs, no_log=True)
+            model = self.algo_class(
+                env=train_env,
+                tensorboard_log=None,
+                seed=None,
+                verbose=self.verbose if self.verbose >= 2 else 0,
+                device=self.device,
+                **kwargs,
+            )
+            eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
+            eval_callback = self._trial_eval_callback(trial, eval_env)
+            callbacks = [*resolve_callbacks(self._callback_entries, self._config_where), eval_callback]
+            model.learn(self.n_timesteps, callback=callbacks)
+        except (AssertionError, ValueError) as exc:
+            # rl-zoo: random hyperparameters can produce NaNs; prune those trials.
+            print(f"Trial {trial.number} pruned: {exc}")
+            raise optuna.TrialPruned() from exc
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.warning("Trial %d failed (the study goes on): %s", trial.number, reason)
+            print(f"Trial {trial.number} failed: {reason}", file=sys.stderr)
+            trial.set_user_attr("fail_reason", reason[:1000])
+            return math.nan  # optuna marks the trial FAILED
+        finally:  # a dead simulator must not take the study down: a failed close is a warning
+            _close_quietly(train_env, "a trial's training env")
+            _close_quietly(eval_env, "a trial's evaluation env")
+        if eval_callback.is_pruned:
+            raise optuna.TrialPruned()
+        return float(eval_callback.last_mean_reward)
+
+    def _trial_hyperparams(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The model's constructor arguments for a trial: the YAML's, with the sampled ones merged in.
+
+        Also records the sampled values and the worker (host:pid) as the trial's user attributes.
+        """
         sampled = SAMPLERS[self.algo](trial, self._tunable_clip_groups())
         data = {k: v for k, v in sampled.items() if k not in ("noise_type", "noise_std")}
         validate_hyperparams(data, self.algo_class, f"sampler of {self.algo}", partial=True)
@@ -460,59 +499,22 @@ class DrivingExperimentManager(ExperimentManager):
         kwargs = _merge(kwargs, data, ("policy_kwargs", "max_grad_norms"))
         if "noise_type" in sampled:
             kwargs["action_noise"] = self._make_action_noise(sampled["noise_type"], sampled.get("noise_std", 0.1))
-        kwargs = self._preprocess_schedules(kwargs)
+        return self._preprocess_schedules(kwargs)
 
-        train_env: VecEnv | None = None
-        eval_env: VecEnv | None = None
-        try:
-            train_env = self.create_envs(self.n_envs, no_log=True)
-            model = self.algo_class(
-                env=train_env,
-                tensorboard_log=None,
-                seed=None,
-                verbose=self.verbose if self.verbose >= 2 else 0,
-                device=self.device,
-                **kwargs,
-            )
-            eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
-            n_evaluations = max(int(self.n_evaluations or 1), 1)
-            eval_freq = max(int(self.n_timesteps / n_evaluations) // self.n_envs, 1)
-            path = (
-                None
-                if self.optimization_log_path is None
-                else os.path.join(self.optimization_log_path, f"trial_{trial.number}")
-            )
-            eval_callback = TrialEvalCallback(
-                eval_env,
-                trial,
-                best_model_save_path=path,
-                log_path=path,
-                n_eval_episodes=self.n_eval_episodes,
-                eval_freq=eval_freq,
-                deterministic=self.deterministic_eval,
-            )
-            callbacks = [*resolve_callbacks(self._callback_entries, self._config_where), eval_callback]
-            model.learn(self.n_timesteps, callback=callbacks)
-        except (AssertionError, ValueError) as exc:
-            # rl-zoo: random hyperparameters can produce NaNs; prune those trials.
-            print(f"Trial {trial.number} pruned: {exc}")
-            raise optuna.TrialPruned() from exc
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.warning("Trial %d failed (the study goes on): %s", trial.number, reason)
-            print(f"Trial {trial.number} failed: {reason}", file=sys.stderr)
-            trial.set_user_attr("fail_reason", reason[:1000])
-            return math.nan  # optuna marks the trial FAILED
-        finally:
-            for env in (train_env, eval_env):
-                if env is not None:
-                    try:
-                        env.close()
-                    except Exception as exc:  # a dead simulator must not take the study down
-                        logger.warning("closing a trial env failed: %s", exc)
-        if eval_callback.is_pruned:
-            raise optuna.TrialPruned()
-        return float(eval_callback.last_mean_reward)
+    def _trial_eval_callback(self, trial: optuna.Trial, eval_env: VecEnv) -> TrialEvalCallback:
+        """rl-zoo's evaluation callback of a trial: ``--n-evaluations`` evaluations, reported to the pruner."""
+        n_evaluations = max(int(self.n_evaluations or 1), 1)
+        folder = self.optimization_log_path
+        path = None if folder is None else os.path.join(folder, f"trial_{trial.number}")
+        return TrialEvalCallback(
+            eval_env,
+            trial,
+            best_model_save_path=path,
+            log_path=path,
+            n_eval_episodes=self.n_eval_episodes,
+            eval_freq=max(int(self.n_timesteps / n_evaluations) // self.n_envs, 1),
+            deterministic=self.deterministic_eval,
+        )
 
     def _tunable_clip_groups(self) -> tuple[str, ...]:
         """The CNN groups the configured policy has (see :func:`~sb3_av.zoo.samplers.tunable_clip_groups`)."""
