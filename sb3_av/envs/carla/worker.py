@@ -112,6 +112,10 @@ def _rebuild(name: str, text: str, host: str, port: int) -> BaseException:
 class WorkerBackend(DrivingBackend):
     """The :class:`~sb3_av.envs.carla.backend.CarlaBackend` of one env, run in a worker process of its own.
 
+    Adds to each frame's ``extra`` (the env's ``info["backend"]``): ``restarts`` (episodes ended by a lost server
+    or worker, recovered in the worker or by a new one), ``workers_started`` and ``worker_ms`` (the worker's own
+    time for the request; the rest of a step's time is the hand-over to this process).
+
     :param config: the backend settings (``worker_timeout_s``, ``server_wait_s`` govern the worker).
     :raises CarlaConnectionError: no server answered within ``connect_timeout_s`` (the first connect fails fast).
     """
@@ -431,7 +435,9 @@ def _serve(conn: Connection, values: dict[str, Any], uid: str, shm_name: str, wa
                 backend.close()
                 conn.send(("closed",))
                 os._exit(0)
+            t0 = time.perf_counter()
             frame = backend.reset(message[1]) if op == "reset" else backend.step(*message[1:])
+            frame.extra["worker_ms"] = 1000.0 * (time.perf_counter() - t0)
         except CarlaConnectionError as exc:  # lost server (or restarted): a new process must take over
             conn.send(("lost", type(exc).__name__, str(exc).splitlines()[0]))
             os._exit(_EXIT_LOST)  # no destructor may touch a Traffic Manager whose server is gone
