@@ -3,12 +3,19 @@
 Run with a server up (see the README's CARLA section)::
 
     CARLA_HOST=127.0.0.1 CARLA_PORT=2000 pytest tests/test_carla_server.py -v
+
+The crash case restarts the server's docker container mid-run (``docker restart``); it runs only when
+``CARLA_DOCKER_CONTAINER`` names that container (started with ``--restart unless-stopped``)::
+
+    CARLA_HOST=127.0.0.1 CARLA_PORT=2000 CARLA_DOCKER_CONTAINER=carla0 pytest tests/test_carla_server.py -v
 """
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +27,7 @@ pytestmark = [
 
 HOST = os.environ.get("CARLA_HOST", "127.0.0.1")
 PORT = int(os.environ.get("CARLA_PORT", "2000"))
+CONTAINER = os.environ.get("CARLA_DOCKER_CONTAINER")
 
 
 @pytest.fixture
@@ -32,6 +40,11 @@ def client():
 
 def _actor_ids(client) -> set[int]:
     return {a.id for a in client.get_world().get_actors()}
+
+
+def _ours(client) -> list:
+    """Actors that an sb3-av env made (role_name ``sb3av:...``)."""
+    return [a for a in client.get_world().get_actors() if str(a.attributes.get("role_name", "")).startswith("sb3av:")]
 
 
 def _steer_to_route(obs: dict) -> float:
@@ -88,12 +101,11 @@ def test_server_version_matches_the_client(client):
 def test_two_envs_on_one_server_use_separate_traffic_managers(client):
     from sb3_av.envs.carla import make_carla_env
 
-    a = make_carla_env("CarlaScenario0", host=HOST, port=PORT, npc_vehicles=5, max_steps=20)
-    b = make_carla_env(
-        "CarlaScenario0", host=HOST, port=PORT, tm_port=PORT + 6001, npc_vehicles=5, max_steps=20, route_start_index=10
-    )
+    shared = {"host": HOST, "port": PORT, "npc_vehicles": 5, "max_steps": 20, "share_server": True}
+    a = make_carla_env("CarlaScenario0", **shared)
+    b = make_carla_env("CarlaScenario0", tm_port=PORT + 6001, route_start_index=10, **shared)
     try:
-        assert a.backend.conn.tm_port == PORT + 6000 and b.backend.conn.tm_port == PORT + 6001
+        assert a.backend.info["tm_port"] == PORT + 6000 and b.backend.info["tm_port"] == PORT + 6001
         a.reset(seed=0)
         b.reset(seed=0)
         for _ in range(10):
@@ -104,3 +116,53 @@ def test_two_envs_on_one_server_use_separate_traffic_managers(client):
     finally:
         a.close()
         b.close()
+
+
+def test_the_env_runs_its_client_in_a_worker_and_leaves_no_actor(client):
+    from sb3_av.envs.carla import make_carla_env
+
+    env = make_carla_env("CarlaScenario0", host=HOST, port=PORT, max_steps=30, npc_vehicles=10)
+    try:
+        assert env.backend.worker_pid not in (None, os.getpid())
+        obs, _ = env.reset(seed=0)
+        assert obs["image"].std() > 1.0  # rendering on (no_rendering_mode forced off)
+        blueprints = {a.type_id for a in _ours(client) if a.attributes["role_name"].endswith(":npc")}
+        library = client.get_world().get_blueprint_library()
+        assert blueprints and all(library.find(b).get_attribute("base_type").as_str() == "car" for b in blueprints)
+    finally:
+        env.close()
+    assert _ours(client) == []
+
+
+@pytest.mark.skipif(not CONTAINER, reason="needs CARLA_DOCKER_CONTAINER: the docker container of the server to restart")
+def test_stepping_goes_on_across_a_server_restart():
+    """``docker restart`` mid-episode: one truncated step, a new worker, then stepping goes on."""
+    carla = pytest.importorskip("carla")
+    from sb3_av.envs.carla import make_carla_env
+
+    wait_s = float(os.environ.get("CARLA_RESTART_WAIT_S", "300"))
+    env = make_carla_env("CarlaScenario0", host=HOST, port=PORT, max_steps=1000, npc_vehicles=10, server_wait_s=wait_s)
+    action = np.array([0.0, 0.3], np.float32)
+    try:
+        env.reset(seed=0)
+        for _ in range(20):
+            env.step(action)
+        pid = env.backend.worker_pid
+        subprocess.run(["docker", "restart", "-t", "0", CONTAINER], check=True, timeout=120)
+        t0 = time.monotonic()
+        _, reward, terminated, truncated, info = env.step(action)
+        assert (terminated, truncated, reward, info["termination"]) == (False, True, 0.0, "backend_restarted")
+        assert time.monotonic() - t0 < wait_s
+        assert env.backend.worker_pid != pid and info["backend"]["restarts"] == 1
+        env.reset(seed=1)
+        for _ in range(50):
+            _, _, terminated, truncated, info = env.step(action)
+            assert info["termination"] != "backend_restarted"
+            if terminated or truncated:
+                env.reset()
+    finally:
+        env.close()
+    fresh = carla.Client(HOST, PORT)
+    fresh.set_timeout(20.0)
+    assert _ours(fresh) == []
+    assert fresh.get_world().get_settings().synchronous_mode is False
