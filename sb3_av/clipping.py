@@ -1,10 +1,10 @@
 """What every clipped off-policy algorithm of sb3-av shares: groups from its policy, clippers, one host sync.
 
 ``ClippedTD3``, ``ClippedDDPG``, ``ClippedSAC`` and ``ClippedTQC`` mix :class:`GradClipMixin` into their SB3
-class. Their ``train()`` is SB3's, step for step, with the optimizer steps replaced by
-``self._critic_clipper.step(optimizer)`` / ``self._actor_clipper.step(optimizer)`` and the per-step
-``loss.item()`` replaced by device tensors that :meth:`GradClipMixin._flush_train_stats` copies to the host
-once per ``train()`` call.
+class (through :class:`sb3_av.common.off_policy.ClippedOffPolicyMixin`). Their ``train()`` is SB3's, step for
+step, with the optimizer steps replaced by ``self._critic_clipper.step(optimizer)`` /
+``self._actor_clipper.step(optimizer)`` and the per-step ``loss.item()`` replaced by device tensors that
+:meth:`GradClipMixin._flush_train_stats` copies to the host once per ``train()`` call.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch as th
+from stable_baselines3.common.policies import BaseModel
 from torch import nn
 
 from sb3_av.grad_clip import GROUP_NAMES, GroupClipper, StepNorms, validate_max_grad_norms
@@ -45,8 +46,9 @@ def network_groups(network: nn.Module, optimizer: th.optim.Optimizer, prefix: st
 class GradClipMixin:
     """Per-group gradient clipping and norm bookkeeping for an SB3 actor-critic algorithm.
 
-    The host class must have ``actor``, ``critic`` (each with an ``optimizer``), ``_n_updates``, ``logger`` and a
-    ``max_grad_norms`` attribute set from its constructor before ``_setup_model``.
+    The host sets ``max_grad_norms`` from its constructor and passes its actor and critic to
+    :meth:`_setup_grad_clipping` at the end of ``_setup_model`` (:class:`sb3_av.common.off_policy.ClippedOffPolicyMixin`
+    does both steps for SB3's off-policy algorithms).
     """
 
     max_grad_norms: dict[str, float | None]
@@ -54,11 +56,15 @@ class GradClipMixin:
     _actor_clipper: GroupClipper
     _critic_clipper: GroupClipper
 
-    def _setup_grad_clipping(self) -> None:
-        """Build the clippers and the norm window from the policy (called at the end of ``_setup_model``)."""
+    def _setup_grad_clipping(self, actor: BaseModel, critic: BaseModel) -> None:
+        """Build the clippers and the norm window (called at the end of ``_setup_model``).
+
+        :param actor: the host's actor, with its optimizer.
+        :param critic: the host's critic, with its optimizer.
+        """
         limits = validate_max_grad_norms(self.max_grad_norms)
-        actor_groups = network_groups(self.actor, self.actor.optimizer, "actor")  # type: ignore[attr-defined]
-        critic_groups = network_groups(self.critic, self.critic.optimizer, "critic")  # type: ignore[attr-defined]
+        actor_groups = network_groups(actor, actor.optimizer, "actor")
+        critic_groups = network_groups(critic, critic.optimizer, "critic")
         all_groups = {**actor_groups, **critic_groups}
         for name in GROUP_NAMES:
             if limits[name] is not None and not all_groups[name]:

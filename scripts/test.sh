@@ -18,5 +18,6 @@ if [ -z "${SB3AV_TEST_POSTGRES_URL:-}" ]; then
     fi
 fi
 .venv/bin/ruff check sb3_av tests benchmarks train.py enjoy.py
+.venv/bin/mypy sb3_av
 export SDL_VIDEODRIVER=offscreen
 .venv/bin/python -m pytest -q -ra "$@"

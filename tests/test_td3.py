@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DDPG, TD3
+from stable_baselines3.common.buffers import DictReplayBuffer
 from torch import nn
 
+from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.grad_clip import GroupClipper, StepNorms
 from sb3_av.td3 import ClippedDDPG, ClippedTD3, MultiInputPolicy
 from sb3_av.torch_layers import MultiInputExtractor
@@ -96,6 +98,8 @@ def test_all_none_is_numerically_identical_to_sb3_td3() -> None:
     ours = ClippedTD3("MultiInputPolicy", ImageVectorEnv(), **kwargs).learn(120)
     reference = TD3(MultiInputPolicy, ImageVectorEnv(), **kwargs).learn(120)
     assert ours._n_updates == reference._n_updates == 80
+    # ours stores the stacks in the frame-stack buffer by default: same samples as SB3's DictReplayBuffer
+    assert type(ours.replay_buffer) is FrameStackDictReplayBuffer and type(reference.replay_buffer) is DictReplayBuffer
     ours_state, reference_state = ours.policy.state_dict(), reference.policy.state_dict()
     assert ours_state.keys() == reference_state.keys()
     for key in ours_state:

@@ -1,5 +1,6 @@
-"""SAC with per-group gradient clipping."""
+"""SAC with per-group gradient clipping (one algorithm folder, as in Stable-Baselines3)."""
 
-from sb3_av.sac.sac import ClippedSAC, MultiInputPolicy
+from sb3_av.sac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_av.sac.sac import ClippedSAC
 
-__all__ = ["ClippedSAC", "MultiInputPolicy"]
+__all__ = ["ClippedSAC", "CnnPolicy", "MlpPolicy", "MultiInputPolicy"]

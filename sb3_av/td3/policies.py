@@ -1,4 +1,5 @@
-"""TD3 policies of sb3-av: SB3's TD3 policy with the driving extractor and a critic-trained shared encoder.
+"""TD3 policies of sb3-av: SB3's TD3 policy with a critic-trained shared encoder, and the driving extractor by default
+on the driving observation space (see :mod:`sb3_av.common.policies`).
 
 Parameter groups (what ``max_grad_norms`` names) in each mode:
 
@@ -22,13 +23,13 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ContinuousCritic
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.td3.policies import Actor
 from stable_baselines3.td3.policies import TD3Policy as _SB3TD3Policy
 from torch import nn
 
-from sb3_av.torch_layers import MultiInputExtractor
+from sb3_av.common.policies import multi_input_defaults
 
 __all__ = ["CnnPolicy", "EncoderActor", "MlpPolicy", "MultiInputPolicy", "TD3Policy"]
 
@@ -158,9 +159,14 @@ class CnnPolicy(TD3Policy):
 
 
 class MultiInputPolicy(TD3Policy):
-    """:class:`TD3Policy` for the driving Dict observation, with :class:`~sb3_av.torch_layers.MultiInputExtractor`.
+    """:class:`TD3Policy` for Dict observations: SB3's ``MultiInputPolicy``, with sb3-av's extractor on the driving env.
 
-    The default head is ``net_arch=[256, 256]`` (SB3's choice for CNN features).
+    Left unset (None), ``features_extractor_class`` is :class:`~sb3_av.torch_layers.MultiInputExtractor` where the
+    observation space is the driving contract (exactly an ``image`` ``(C, H, W)`` uint8 Box and a 1-D ``vector``
+    Box, see :func:`sb3_av.common.policies.is_driving_observation_space`) and SB3's ``CombinedExtractor`` on any
+    other Dict space; ``net_arch`` is ``[256, 256]`` with the driving extractor and SB3's TD3 default
+    (``[400, 300]``) otherwise. An explicit ``features_extractor_class`` always wins. Other parameters as
+    :class:`stable_baselines3.td3.policies.MultiInputPolicy`.
     """
 
     def __init__(
@@ -170,7 +176,7 @@ class MultiInputPolicy(TD3Policy):
         lr_schedule: Schedule,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.ReLU,
-        features_extractor_class: type[BaseFeaturesExtractor] = MultiInputExtractor,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
@@ -178,15 +184,14 @@ class MultiInputPolicy(TD3Policy):
         n_critics: int = 2,
         share_features_extractor: bool = False,
     ) -> None:
-        if net_arch is None and features_extractor_class is not FlattenExtractor:
-            net_arch = [256, 256]
+        extractor_class, net_arch = multi_input_defaults(observation_space, features_extractor_class, net_arch)
         super().__init__(
             observation_space,
             action_space,
             lr_schedule,
             net_arch,
             activation_fn,
-            features_extractor_class,
+            extractor_class,
             features_extractor_kwargs,
             normalize_images,
             optimizer_class,

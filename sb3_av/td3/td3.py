@@ -8,7 +8,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import BaseModel, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
@@ -16,7 +16,7 @@ from stable_baselines3.td3 import TD3
 from torch.nn import functional as F
 
 from sb3_av.augmentation import AUGMENTATIONS
-from sb3_av.clipping import GradClipMixin
+from sb3_av.common.off_policy import ClippedOffPolicyMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
 from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
 from sb3_av.torch_layers import MultiInputExtractor
@@ -26,11 +26,11 @@ __all__ = ["ClippedDDPG", "ClippedTD3"]
 SelfClippedTD3 = TypeVar("SelfClippedTD3", bound="ClippedTD3")
 
 
-class ClippedTD3(GradClipMixin, TD3):
+class ClippedTD3(ClippedOffPolicyMixin, TD3):
     """Twin Delayed DDPG (Fujimoto et al. 2018, "Addressing Function Approximation Error in Actor-Critic
     Methods") with gradient clipping per parameter group and exact global L2 norms.
 
-    Takes every parameter of :class:`stable_baselines3.TD3`, plus:
+    Takes every parameter of :class:`stable_baselines3.TD3` (in SB3's order), plus these keyword-only ones:
 
     :param max_grad_norms: group name -> max global L2 norm of that group's gradient, or None to only measure
         it. Groups: ``actor_cnn``, ``actor_mlp``, ``critic_cnn``, ``critic_mlp`` (see
@@ -44,6 +44,11 @@ class ClippedTD3(GradClipMixin, TD3):
     groups that have a max_norm, and skips the optimizer step (weights untouched) when a gradient is NaN/Inf.
     The norms stay on the device; one host copy per ``train()`` call fills :attr:`grad_norms`, which
     :class:`sb3_av.callbacks.GradientMonitorCallback` logs and checks for explosions.
+
+    A drop-in for SB3's TD3: ``"MultiInputPolicy"`` is SB3's on every Dict space but the driving one (see
+    :class:`sb3_av.td3.policies.MultiInputPolicy`), and stacked uint8 images are stored by
+    :class:`~sb3_av.buffers.FrameStackDictReplayBuffer` (SB3's samples, a fraction of the memory) unless
+    ``replay_buffer_class`` is given (see :class:`sb3_av.common.off_policy.ClippedOffPolicyMixin`).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -73,9 +78,6 @@ class ClippedTD3(GradClipMixin, TD3):
         policy_delay: int = 2,
         target_policy_noise: float = 0.2,
         target_noise_clip: float = 0.5,
-        max_grad_norms: dict[str, float | None] | None = None,
-        image_augmentation: str | None = None,
-        augmentation_pad: int = 4,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -83,6 +85,10 @@ class ClippedTD3(GradClipMixin, TD3):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        *,
+        max_grad_norms: dict[str, float | None] | None = None,
+        image_augmentation: str | None = None,
+        augmentation_pad: int = 4,
     ) -> None:
         self.max_grad_norms = validate_max_grad_norms(max_grad_norms)
         if image_augmentation is not None and image_augmentation not in AUGMENTATIONS:
@@ -121,9 +127,8 @@ class ClippedTD3(GradClipMixin, TD3):
             _init_setup_model=_init_setup_model,
         )
 
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_grad_clipping()
+    def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
+        return self.actor, self.critic
 
     @property
     def _shared_encoder(self) -> bool:
@@ -161,8 +166,10 @@ class ClippedTD3(GradClipMixin, TD3):
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
                 polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
 
-        losses = self._flush_train_stats(critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses})
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if gradient_steps == 0:
+            return  # no losses to log (SB3 would log the mean of nothing, NaN)
+        losses = self._flush_train_stats(critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses})
         if len(actor_losses) > 0:
             self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
         self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
@@ -293,15 +300,12 @@ class ClippedTD3(GradClipMixin, TD3):
             preprocessed = preprocess_obs(observations, self.observation_space, normalize_images=network.normalize_images)
         return extractor(preprocessed)
 
-    def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + self._grad_clip_excluded_params()
-
 
 class ClippedDDPG(ClippedTD3):
     """Deep Deterministic Policy Gradient (Lillicrap et al. 2016) with sb3-av's per-group clipping.
 
     SB3's DDPG is TD3 without its tricks (one critic, no policy delay, no target smoothing); this is
-    :class:`ClippedTD3` configured the same way. Parameters as :class:`stable_baselines3.DDPG` plus
+    :class:`ClippedTD3` configured the same way. Parameters as :class:`stable_baselines3.DDPG` plus the keyword-only
     ``max_grad_norms``, ``image_augmentation`` and ``augmentation_pad`` (see :class:`ClippedTD3`).
     """
 
@@ -322,15 +326,16 @@ class ClippedDDPG(ClippedTD3):
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
-        max_grad_norms: dict[str, float | None] | None = None,
-        image_augmentation: str | None = None,
-        augmentation_pad: int = 4,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        *,
+        max_grad_norms: dict[str, float | None] | None = None,
+        image_augmentation: str | None = None,
+        augmentation_pad: int = 4,
     ) -> None:
         super().__init__(
             policy=policy,

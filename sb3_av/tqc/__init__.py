@@ -1,5 +1,6 @@
-"""TQC with per-group gradient clipping."""
+"""TQC with per-group gradient clipping (one algorithm folder, as in sb3-contrib)."""
 
-from sb3_av.tqc.tqc import ClippedTQC, MultiInputPolicy
+from sb3_av.tqc.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_av.tqc.tqc import ClippedTQC
 
-__all__ = ["ClippedTQC", "MultiInputPolicy"]
+__all__ = ["ClippedTQC", "CnnPolicy", "MlpPolicy", "MultiInputPolicy"]

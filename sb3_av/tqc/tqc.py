@@ -5,27 +5,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch as th
-from gymnasium import spaces
 from sb3_contrib.common.utils import quantile_huber_loss
 from sb3_contrib.tqc import TQC
-from sb3_contrib.tqc.policies import CnnPolicy, MlpPolicy
-from sb3_contrib.tqc.policies import MultiInputPolicy as _ContribMultiInputPolicy
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import ReplayBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs, ReplayBufferSamples
 
+from sb3_av.common.soft_actor_critic import SoftActorCriticTrainMixin
 from sb3_av.grad_clip import validate_max_grad_norms
-from sb3_av.sac.sac import SoftActorCriticTrainMixin
-from sb3_av.torch_layers import MultiInputExtractor
+from sb3_av.tqc.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
-__all__ = ["ClippedTQC", "MultiInputPolicy"]
-
-
-class MultiInputPolicy(_ContribMultiInputPolicy):
-    """sb3-contrib's TQC ``MultiInputPolicy`` with :class:`~sb3_av.torch_layers.MultiInputExtractor` as default."""
-
-    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Box, lr_schedule: Schedule, **kwargs: Any) -> None:
-        kwargs.setdefault("features_extractor_class", MultiInputExtractor)
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+__all__ = ["ClippedTQC"]
 
 
 class ClippedTQC(SoftActorCriticTrainMixin, TQC):
@@ -33,6 +22,9 @@ class ClippedTQC(SoftActorCriticTrainMixin, TQC):
 
     Takes every parameter of :class:`sb3_contrib.TQC` plus ``max_grad_norms`` (see :class:`sb3_av.td3.ClippedTD3`).
     ``critic_mlp`` is the quantile networks. With every value None, training is numerically identical to TQC.
+    ``max_grad_norms`` is keyword-only, so positional arguments bind as in sb3-contrib. ``"MultiInputPolicy"`` is
+    sb3-contrib's, except on the driving observation space (see :class:`sb3_av.tqc.policies.MultiInputPolicy`);
+    stacked uint8 images get the frame-stack replay buffer by default, as in :class:`sb3_av.sac.ClippedSAC`.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -68,5 +60,5 @@ class ClippedTQC(SoftActorCriticTrainMixin, TQC):
         # Compute critic loss, not summing over the quantile dimension as in the paper.
         return quantile_huber_loss(current_quantiles, target_quantiles, sum_over_quantiles=False)
 
-    def _actor_q(self, observations: Any, actions_pi: th.Tensor) -> th.Tensor:
+    def _actor_q(self, observations: PyTorchObs, actions_pi: th.Tensor) -> th.Tensor:
         return self.critic(observations, actions_pi).mean(dim=2).mean(dim=1, keepdim=True)
