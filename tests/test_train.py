@@ -26,6 +26,7 @@ import torch as th
 import yaml
 
 from sb3_av import grad_clip, plotting
+from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.compute import default_torch_threads
 from sb3_av.zoo import ALGO_NAMES, SAMPLERS, config, get_algorithm, samplers
 from sb3_av.zoo.config import ConfigError, load_config_file, parse_override_value, resolve_env_wrapper, validate_hyperparams
@@ -540,6 +541,8 @@ def test_train_every_algo_writes_a_run_folder(algo: str, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "logs" / algo / "LiteScenario0-v0_1"
     assert _steps(run / "LiteScenario0-v0.zip", algo) == 200
+    model: Any = get_algorithm(algo).load(run / "LiteScenario0-v0.zip", device="cpu")
+    assert model.replay_buffer_class is FrameStackDictReplayBuffer, "stacked frames stored once (the algorithm's default)"
     assert {p.name for p in run.glob("rl_model_*_steps.zip")} == {"rl_model_100_steps.zip", "rl_model_200_steps.zip"}
     assert (run / "best_model.zip").is_file() and (run / "evaluations.npz").is_file()
     info = read_run_info(run)

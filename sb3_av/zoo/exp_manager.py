@@ -5,8 +5,8 @@ What changes, and why (everything else is rl-zoo's code path):
 - **Config as data.** Hyperparameters come from :mod:`sb3_av.zoo.config` (``yaml.safe_load``, every key checked,
   names -> classes through explicit dicts) instead of rl-zoo's ``eval`` of strings and imports of module paths.
 - **Algorithms** come from :func:`sb3_av.algorithms.get_algorithm` (the clipped TD3/DDPG/SAC/TQC).
-- **Replay buffer** defaults to the frame-stack Dict buffer for stacked-image observations
-  (:func:`sb3_av.buffers.default_replay_buffer_for`); a config's ``replay_buffer_class`` wins.
+- **Replay buffer**: the algorithms' own default (the frame-stack Dict buffer for stacked-image observations,
+  :func:`sb3_av.buffers.default_replay_buffer_for`); a config's ``replay_buffer_class`` wins.
 - **Construction** from the trainer's parsed arguments, every rl-zoo constructor argument passed by keyword; the
   default config is the package's (:func:`sb3_av.zoo.config.default_config_file`).
 - **Callbacks**: checkpoints that also save on SIGINT/SIGTERM, an eval callback and a training callback that log
@@ -195,6 +195,9 @@ class DrivingExperimentManager(ExperimentManager):
                     device=self.device,
                     **self._hyperparams,
                 )
+            buffer = getattr(model, "replay_buffer", None)
+            if self.verbose > 0 and buffer is not None:
+                print(f"Replay buffer: {type(buffer).__name__}")
             self._save_config(saved_hyperparams)
         except BaseException:  # also Ctrl-C during a slow simulator start: release what was claimed
             for claimed in (env, self.eval_env):
@@ -269,23 +272,6 @@ class DrivingExperimentManager(ExperimentManager):
 
     def _is_driving_env(self) -> bool:
         return self.entry_point(self.env_name.gym_id).startswith("sb3_av.")
-
-    def _preprocess_action_noise(
-        self, hyperparams: dict[str, Any], saved_hyperparams: dict[str, Any], env: VecEnv
-    ) -> dict[str, Any]:
-        # The first hook that sees the env: also pick the replay buffer from its observation space.
-        hyperparams = super()._preprocess_action_noise(hyperparams, saved_hyperparams, env)
-        if "replay_buffer_class" not in hyperparams:
-            from sb3_av.buffers import default_replay_buffer_for
-
-            default = default_replay_buffer_for(env.observation_space)
-            if default is not None:
-                buffer_cls, buffer_kwargs = default
-                hyperparams["replay_buffer_class"] = buffer_cls
-                hyperparams["replay_buffer_kwargs"] = {**buffer_kwargs, **hyperparams.get("replay_buffer_kwargs", {})}
-                if self.verbose > 0:
-                    print(f"Replay buffer: {buffer_cls.__name__} (stacked image observations)")
-        return hyperparams
 
     def _make_action_noise(self, noise_type: str | None, noise_std: float) -> Any:
         sigma = noise_std * np.ones(self.n_actions)
