@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,10 +197,8 @@ def test_hang_on_a_live_server_is_recovered_inside_the_worker(servers):
     _go(env, 3)
     pid = env.backend.worker_pid
     server.pause()
-    time.sleep(0.5)
-    server.resume()  # back before the worker's reconnect attempt: the same world
-    server.pause()
-    resumer = _later(1.2, server.resume)
+    resumer = threading.Timer(1.2, server.resume)  # back before the worker's reconnect attempt: the same world
+    resumer.start()
     info = _go(env, 1)[0]
     resumer.join()
     assert info["termination"] == "backend_restarted"
@@ -209,14 +208,6 @@ def test_hang_on_a_live_server_is_recovered_inside_the_worker(servers):
     assert len(server.own_actors()) == N_EPISODE_ACTORS
     env.close()
     _assert_clean(server)
-
-
-def _later(delay_s: float, fn):
-    import threading
-
-    thread = threading.Thread(target=lambda: (time.sleep(delay_s), fn()), daemon=True)
-    thread.start()
-    return thread
 
 
 def test_server_that_does_not_come_back_ends_with_a_clear_error(servers):
