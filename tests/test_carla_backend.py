@@ -35,8 +35,9 @@ from tests import carla_standin as cs
 @pytest.fixture(autouse=True)
 def _own_lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
-    yield
     cs.reset_process_state()  # each test starts as a fresh client process would (no Traffic Manager registered)
+    yield
+    cs.reset_process_state()
 
 
 @pytest.fixture
