@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from pathlib import Path
 
 import gymnasium as gym
@@ -232,7 +233,7 @@ def test_shared_encoder_is_trained_by_critic_only() -> None:
     encoder_after = list(policy.critic.features_extractor.parameters())
     assert not all(th.equal(a, b) for a, b in zip(encoder_after, encoder_before, strict=True))
     # the target encoder is soft-updated once per target update (SB3's shared mode does it twice: 2 * tau)
-    online, target = model._target_update_parameters()
+    online, target = model.policy.target_update_parameters()
     assert (
         len({id(p) for p in target})
         == len(target)
@@ -244,6 +245,70 @@ def test_shared_encoder_is_trained_by_critic_only() -> None:
         for old, new in zip(target_before, policy.critic_target.features_extractor.parameters(), strict=True)
     ]
     assert max(moved) > 0
+
+
+def test_shared_encoder_step_is_the_drq_v2_step() -> None:
+    """One gradient step of the shared mode against the same step written out by hand (DrQ-v2's update)."""
+    model = ClippedTD3(
+        "MultiInputPolicy", ImageVectorEnv(), policy_delay=1, **_tiny(policy_kwargs={"share_features_extractor": True})
+    )
+    model.learn(40)  # fills the buffer; no update yet
+    assert model._n_updates == 0
+    batch = model.replay_buffer.sample(16)
+    model.replay_buffer.sample = lambda *args, **kwargs: batch  # type: ignore[method-assign]
+    policy = model.policy
+    encoder, target_encoder = deepcopy(policy.critic.features_extractor), deepcopy(policy.critic_target.features_extractor)
+    q_nets = nn.ModuleList(deepcopy(policy.critic.q_networks))
+    target_q_nets = nn.ModuleList(deepcopy(policy.critic_target.q_networks))
+    mu, target_mu = deepcopy(policy.actor.mu), deepcopy(policy.actor_target.mu)
+    critic_optimizer = th.optim.Adam([*encoder.parameters(), *q_nets.parameters()], lr=model.learning_rate)
+    actor_optimizer = th.optim.Adam(mu.parameters(), lr=model.learning_rate)
+
+    th.manual_seed(7)
+    with th.no_grad():
+        next_features = target_encoder(batch.next_observations)
+        noise = batch.actions.clone().normal_(0, model.target_policy_noise)
+        next_actions = (target_mu(next_features) + noise.clamp(-model.target_noise_clip, model.target_noise_clip)).clamp(-1, 1)
+        next_q = th.cat([q(th.cat([next_features, next_actions], dim=1)) for q in target_q_nets], dim=1).min(
+            dim=1, keepdim=True
+        )
+        target_q = batch.rewards + (1 - batch.dones) * model.gamma * next_q.values
+    features = encoder(batch.observations)  # the critic loss trains the encoder
+    critic_loss = sum(nn.functional.mse_loss(q(th.cat([features, batch.actions], dim=1)), target_q) for q in q_nets)
+    critic_optimizer.zero_grad()
+    critic_loss.backward()
+    critic_optimizer.step()
+    detached = features.detach()  # the actor loss reads the same features, detached
+    actor_loss = -q_nets[0](th.cat([detached, mu(detached)], dim=1)).mean()
+    actor_optimizer.zero_grad()
+    actor_loss.backward()
+    actor_optimizer.step()
+    with th.no_grad():
+        for online, target in ((encoder, target_encoder), (q_nets, target_q_nets), (mu, target_mu)):
+            for p, p_target in zip(online.parameters(), target.parameters(), strict=True):
+                p_target.mul_(1 - model.tau).add_(model.tau * p)
+
+    th.manual_seed(7)
+    model.train(gradient_steps=1, batch_size=16)
+    assert model.logger.name_to_value["train/critic_loss"] == pytest.approx(float(critic_loss.detach()), rel=1e-6)
+    assert model.logger.name_to_value["train/actor_loss"] == pytest.approx(float(actor_loss.detach()), rel=1e-6)
+    for ours, expected in (
+        (policy.critic.features_extractor, encoder),
+        (policy.critic_target.features_extractor, target_encoder),
+        (nn.ModuleList(policy.critic.q_networks), q_nets),
+        (nn.ModuleList(policy.critic_target.q_networks), target_q_nets),
+        (policy.actor.mu, mu),
+        (policy.actor_target.mu, target_mu),
+    ):
+        for p, p_expected in zip(ours.parameters(), expected.parameters(), strict=True):
+            th.testing.assert_close(p.detach(), p_expected.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_td3_needs_sb3_avs_td3_policy() -> None:
+    from stable_baselines3.td3.policies import MultiInputPolicy as SB3MultiInputPolicy
+
+    with pytest.raises(TypeError, match="trains sb3-av's TD3 policies"):
+        ClippedTD3(SB3MultiInputPolicy, ImageVectorEnv(), **_tiny())
 
 
 def test_shared_mode_actor_loss_does_not_reach_encoder() -> None:

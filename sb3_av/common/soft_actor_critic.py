@@ -76,6 +76,8 @@ class SoftActorCriticHost(Protocol):
 
     def _actor_q(self, observations: PyTorchObs, actions_pi: th.Tensor) -> th.Tensor: ...
 
+    def _ent_coef_step(self, log_prob: th.Tensor, losses: dict[str, list[th.Tensor]]) -> th.Tensor: ...
+
     def _flush_train_stats(
         self,
         critic_steps: list[tuple[int, StepNorms]],
@@ -104,6 +106,29 @@ class SoftActorCriticTrainMixin(ClippedOffPolicyMixin):
     def _clipped_networks(self: SoftActorCriticHost) -> tuple[BaseModel, BaseModel]:
         return self.actor, self.critic
 
+    def _ent_coef_step(self: SoftActorCriticHost, log_prob: th.Tensor, losses: dict[str, list[th.Tensor]]) -> th.Tensor:
+        """The entropy coefficient of this step; with a learned one, also its optimizer step (before it, SB3's order).
+
+        :param log_prob: ``(batch, 1)`` log-probabilities of the current actor's actions.
+        :param losses: gets the coefficient (``"ent_coef"``) and, when learned, its loss (``"ent_coef_loss"``).
+        """
+        ent_coef_loss = None
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            # Important: detach the variable from the graph so we don't change it with other losses
+            ent_coef = th.exp(self.log_ent_coef.detach())
+            ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+            losses["ent_coef_loss"].append(ent_coef_loss.detach())
+        else:
+            ent_coef = self.ent_coef_tensor
+        losses["ent_coef"].append(ent_coef.detach().reshape(()))
+
+        # Optimize entropy coefficient, also called entropy temperature or alpha in the paper
+        if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+        return ent_coef
+
     def train(self: SoftActorCriticHost, gradient_steps: int, batch_size: int = 64) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -129,21 +154,7 @@ class SoftActorCriticTrainMixin(ClippedOffPolicyMixin):
             actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
             log_prob = log_prob.reshape(-1, 1)
 
-            ent_coef_loss = None
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                # Important: detach the variable from the graph so we don't change it with other losses
-                ent_coef = th.exp(self.log_ent_coef.detach())
-                ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-                losses["ent_coef_loss"].append(ent_coef_loss.detach())
-            else:
-                ent_coef = self.ent_coef_tensor
-            losses["ent_coef"].append(ent_coef.detach().reshape(()))
-
-            # Optimize entropy coefficient, also called entropy temperature or alpha in the paper
-            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
+            ent_coef = self._ent_coef_step(log_prob, losses)
 
             critic_loss = self._critic_loss(replay_data, ent_coef, batch_size)
             losses["critic"].append(critic_loss.detach())

@@ -14,15 +14,20 @@ its output detached. SB3's own sharing trains the encoder from the actor loss on
 features under ``no_grad``), so a critic-CNN clip would do nothing there; sb3-av does not offer that mode.
 The targets keep a full copy of the encoder, shared by the actor and critic targets and updated once per
 target update (SB3's shared mode updates it twice, an effective 2 * tau).
+
+The policy owns "encode once, then heads" for :meth:`sb3_av.td3.ClippedTD3.train`: :meth:`TD3Policy.encode` runs a
+batch through the shared encoder once (a no-op with separate extractors), and :meth:`TD3Policy.actions`,
+:meth:`TD3Policy.q_values` and :meth:`TD3Policy.actor_q_values` are the heads on that batch, in either mode.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.td3.policies import Actor
@@ -30,8 +35,21 @@ from stable_baselines3.td3.policies import TD3Policy as _SB3TD3Policy
 from torch import nn
 
 from sb3_av.common.policies import multi_input_defaults
+from sb3_av.torch_layers import MultiInputExtractor
 
-__all__ = ["CnnPolicy", "EncoderActor", "MlpPolicy", "MultiInputPolicy", "TD3Policy"]
+__all__ = ["CnnPolicy", "EncodedBatch", "EncoderActor", "MlpPolicy", "MultiInputPolicy", "TD3Policy"]
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of observations as the actor and critic heads read it (see :meth:`TD3Policy.encode`).
+
+    :param observations: the batch (a tensor or a dict of tensors).
+    :param features: with a shared encoder, its output ``(batch, features_dim)`` (computed once for every head);
+        None with separate extractors, where each network extracts its own features from ``observations``.
+    """
+
+    observations: PyTorchObs
+    features: th.Tensor | None
 
 
 class EncoderActor(Actor):
@@ -116,6 +134,65 @@ class TD3Policy(_SB3TD3Policy):
             [*self.critic.parameters(), *self.actor.mu.parameters()],
             [*self.critic_target.parameters(), *self.actor_target.mu.parameters()],
         )
+
+    # ------------------------------------------------------------------ encode once, then heads (ClippedTD3.train)
+    def encode(self, observations: PyTorchObs, target: bool = False) -> EncodedBatch:
+        """Prepare a batch for the heads: with a shared encoder, run it through that encoder once.
+
+        :param observations: a sampled batch.
+        :param target: use the target networks' encoder (for the next observations).
+        """
+        if not self.share_features_extractor:
+            return EncodedBatch(observations, None)
+        return EncodedBatch(observations, self._features(observations, self.critic_target if target else self.critic))
+
+    def actions(self, batch: EncodedBatch, target: bool = False) -> th.Tensor:
+        """The deterministic actions ``(batch, action_dim)`` in [-1, 1] of the actor (or the target actor).
+
+        With a shared encoder the actor reads the features detached (the encoder belongs to the critic).
+        """
+        actor = self.actor_target if target else self.actor
+        if batch.features is None:
+            return actor(batch.observations)
+        return actor.mu(batch.features.detach())
+
+    def q_values(self, batch: EncodedBatch, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
+        """Each critic's (or target critic's) Q-values ``(batch, 1)`` of ``actions``."""
+        critic = self.critic_target if target else self.critic
+        if batch.features is None:
+            return critic(batch.observations, actions)
+        q_input = th.cat([batch.features, actions], dim=1)
+        return tuple(q_net(q_input) for q_net in critic.q_networks)
+
+    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
+        """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean.
+
+        With a shared encoder both heads read the batch's features detached (computed once, before the critic's
+        optimizer step, as DrQ-v2 does); separate extractors recompute them, as SB3's TD3 does.
+        """
+        if batch.features is None:
+            # SB3 annotates q1_forward's observations as a tensor; it takes a dict of tensors as forward() does
+            return self.critic.q1_forward(batch.observations, self.actor(batch.observations))  # type: ignore[arg-type]
+        features = batch.features.detach()
+        return self.critic.q_networks[0](th.cat([features, self.actor.mu(features)], dim=1))
+
+    def _features(self, observations: PyTorchObs, network: ContinuousCritic) -> th.Tensor:
+        """Preprocess a batch once and run it through ``network``'s features extractor.
+
+        :class:`~sb3_av.torch_layers.MultiInputExtractor` takes its image raw (uint8) and scales it in one copy to
+        its compute dtype and memory format; everything else goes through SB3's ``preprocess_obs``.
+        """
+        extractor = network.features_extractor
+        if isinstance(extractor, MultiInputExtractor) and self.normalize_images and isinstance(observations, dict):
+            assert isinstance(self.observation_space, spaces.Dict)  # the extractor accepts only Dict spaces
+            space = self.observation_space
+            return extractor(
+                {
+                    key: value if key == extractor.image_key else preprocess_obs(value, space[key], normalize_images=True)
+                    for key, value in observations.items()
+                }
+            )
+        return extractor(preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images))
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.actor(observation)

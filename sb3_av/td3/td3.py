@@ -6,10 +6,11 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BaseModel, BasePolicy
-from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3 import TD3
@@ -19,7 +20,6 @@ from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.common.off_policy import ClippedOffPolicyMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
 from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
-from sb3_av.torch_layers import MultiInputExtractor
 
 __all__ = ["ClippedDDPG", "ClippedTD3"]
 
@@ -130,9 +130,14 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
     def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
         return self.actor, self.critic
 
-    @property
-    def _shared_encoder(self) -> bool:
-        return bool(getattr(self.policy, "share_features_extractor", False)) and isinstance(self.policy, TD3Policy)
+    def _setup_model(self) -> None:
+        if not issubclass(self.policy_class, TD3Policy):
+            raise TypeError(
+                f"{type(self).__name__} trains sb3-av's TD3 policies (sb3_av.td3.TD3Policy and subclasses), got "
+                f"{self.policy_class.__module__}.{self.policy_class.__name__}: use the policy names ('MlpPolicy', "
+                "'CnnPolicy', 'MultiInputPolicy') or sb3_av.td3's classes, which take the same arguments as SB3's."
+            )
+        super()._setup_model()
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -141,26 +146,46 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         # Update learning rate according to lr schedule
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
 
+        policy = self.policy  # encodes each batch once (shared encoder), then runs the actor and critic heads
         actor_losses: list[th.Tensor] = []
         critic_losses: list[th.Tensor] = []
         critic_norms: list[tuple[int, StepNorms]] = []
         actor_norms: list[tuple[int, StepNorms]] = []
-        gradient_step = self._shared_encoder_step if self._shared_encoder else self._separate_step
+        assert self.replay_buffer is not None
         for _ in range(gradient_steps):
             self._n_updates += 1
             # Sample replay buffer
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             if self.image_augmentation is not None:
                 replay_data = self._augment(replay_data)
+            target_q_values = self._target_q_values(replay_data)
+
+            # Get current Q-values estimates for each critic network
+            batch = policy.encode(replay_data.observations)
+            current_q_values = policy.q_values(batch, replay_data.actions)
+
+            # Compute critic loss
+            critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+            assert isinstance(critic_loss, th.Tensor)
+            critic_losses.append(critic_loss.detach())
+
+            # Optimize the critics
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            critic_norms.append((self._n_updates, self._critic_clipper.step(self.critic.optimizer)))
+
             # Delayed policy updates
-            update_actor = self._n_updates % self.policy_delay == 0
-            critic_loss, critic_step, actor_loss, actor_step = gradient_step(replay_data, update_actor)
-            critic_losses.append(critic_loss)
-            critic_norms.append((self._n_updates, critic_step))
-            if actor_loss is not None and actor_step is not None:
-                actor_losses.append(actor_loss)
-                actor_norms.append((self._n_updates, actor_step))
-                online, target = self._target_update_parameters()
+            if self._n_updates % self.policy_delay == 0:
+                # Compute actor loss
+                actor_loss = -policy.actor_q_values(batch).mean()
+                actor_losses.append(actor_loss.detach())
+
+                # Optimize the actor
+                self.actor.optimizer.zero_grad()
+                actor_loss.backward()
+                actor_norms.append((self._n_updates, self._actor_clipper.step(self.actor.optimizer)))
+
+                online, target = policy.target_update_parameters()
                 polyak_update(online, target, self.tau)
                 # Copy running stats, see GH issue #996
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
@@ -174,87 +199,27 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
         self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
 
-    def _separate_step(
-        self, replay_data: ReplayBufferSamples, update_actor: bool
-    ) -> tuple[th.Tensor, StepNorms, th.Tensor | None, StepNorms | None]:
-        """One TD3 gradient step exactly as SB3's, with the optimizer steps clipped and guarded."""
+    def _target_q_values(self, replay_data: ReplayBufferSamples) -> th.Tensor:
+        """TD3's critic target ``(batch, 1)``: reward + discounted min of the target critics at the smoothed action."""
+        policy = self.policy
         # For n-step replay, discount factor is gamma**n_steps (when no early termination)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
+            next_batch = policy.encode(replay_data.next_observations, target=True)
             # Select action according to policy and add clipped noise
             noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
             noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-            next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
+            next_actions = (policy.actions(next_batch, target=True) + noise).clamp(-1, 1)
 
             # Compute the next Q-values: min over all critics targets
-            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values = th.cat(policy.q_values(next_batch, next_actions, target=True), dim=1)
             next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
-
-        # Get current Q-values estimates for each critic network
-        current_q_values = self.critic(replay_data.observations, replay_data.actions)
-
-        # Compute critic loss
-        critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
-        assert isinstance(critic_loss, th.Tensor)
-
-        # Optimize the critics
-        self.critic.optimizer.zero_grad()
-        critic_loss.backward()
-        critic_step = self._critic_clipper.step(self.critic.optimizer)
-
-        if not update_actor:
-            return critic_loss.detach(), critic_step, None, None
-        # Compute actor loss
-        actor_loss = -self.critic.q1_forward(replay_data.observations, self.actor(replay_data.observations)).mean()
-
-        # Optimize the actor
-        self.actor.optimizer.zero_grad()
-        actor_loss.backward()
-        actor_step = self._actor_clipper.step(self.actor.optimizer)
-        return critic_loss.detach(), critic_step, actor_loss.detach(), actor_step
-
-    def _shared_encoder_step(
-        self, replay_data: ReplayBufferSamples, update_actor: bool
-    ) -> tuple[th.Tensor, StepNorms, th.Tensor | None, StepNorms | None]:
-        """One gradient step with one critic-trained encoder (DrQ-v2): each batch is encoded once.
-
-        The observations go through the encoder once (with gradient, for the critic loss) and the next
-        observations through the target encoder once (shared by the actor and critic targets). The actor loss
-        reads the same features, detached, as DrQ-v2 does.
-        """
-        policy = self.policy
-        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-        with th.no_grad():
-            next_features = self._encode(replay_data.next_observations, self.critic_target)
-            noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
-            noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-            next_actions = (policy.actor_target.mu(next_features) + noise).clamp(-1, 1)
-            next_input = th.cat([next_features, next_actions], dim=1)
-            next_q_values = th.cat([q_net(next_input) for q_net in self.critic_target.q_networks], dim=1)
-            next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
-
-        features = self._encode(replay_data.observations, self.critic)
-        q_input = th.cat([features, replay_data.actions], dim=1)
-        critic_loss = sum(F.mse_loss(q_net(q_input), target_q_values) for q_net in self.critic.q_networks)
-        assert isinstance(critic_loss, th.Tensor)
-        self.critic.optimizer.zero_grad()
-        critic_loss.backward()
-        critic_step = self._critic_clipper.step(self.critic.optimizer)
-
-        if not update_actor:
-            return critic_loss.detach(), critic_step, None, None
-        detached = features.detach()
-        actor_loss = -self.critic.q_networks[0](th.cat([detached, policy.actor.mu(detached)], dim=1)).mean()
-        self.actor.optimizer.zero_grad()
-        actor_loss.backward()
-        actor_step = self._actor_clipper.step(self.actor.optimizer)
-        return critic_loss.detach(), critic_step, actor_loss.detach(), actor_step
+            return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
     def _augment(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
         """Augment every image entry of the observations and next observations (independent draws)."""
-        augment = AUGMENTATIONS[self.image_augmentation]  # type: ignore[index]
+        assert self.image_augmentation is not None
+        augment = AUGMENTATIONS[self.image_augmentation]
 
         def apply(observations: Any) -> Any:
             if isinstance(observations, dict):
@@ -269,36 +234,11 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         )
 
     def _is_image_key(self, key: str | None) -> bool:
-        space = self.observation_space[key] if key is not None else self.observation_space  # type: ignore[index]
+        space = self.observation_space
+        if key is not None:
+            assert isinstance(space, spaces.Dict)
+            space = space[key]
         return is_image_space(space, check_channels=False) and len(space.shape or ()) == 3
-
-    def _target_update_parameters(self) -> tuple[list[th.nn.Parameter], list[th.nn.Parameter]]:
-        """Online and target parameters of the soft update (the critic's, then the actor's), as SB3 orders them."""
-        if isinstance(self.policy, TD3Policy):
-            return self.policy.target_update_parameters()
-        return (
-            [*self.critic.parameters(), *self.actor.parameters()],
-            [*self.critic_target.parameters(), *self.actor_target.parameters()],
-        )
-
-    def _encode(self, observations: Any, network: Any) -> th.Tensor:
-        """Preprocess a batch once and run it through ``network``'s features extractor.
-
-        :class:`~sb3_av.torch_layers.MultiInputExtractor` takes its image raw (uint8) and scales it in one copy to
-        its compute dtype and memory format; everything else goes through SB3's ``preprocess_obs``.
-        """
-        extractor = network.features_extractor
-        preprocessed: Any
-        if isinstance(extractor, MultiInputExtractor) and network.normalize_images and isinstance(observations, dict):
-            preprocessed = {
-                key: value
-                if key == extractor.image_key
-                else preprocess_obs(value, self.observation_space[key], normalize_images=True)  # type: ignore[index]
-                for key, value in observations.items()
-            }
-        else:
-            preprocessed = preprocess_obs(observations, self.observation_space, normalize_images=network.normalize_images)
-        return extractor(preprocessed)
 
 
 class ClippedDDPG(ClippedTD3):
