@@ -258,7 +258,9 @@ class WorkerBackend(DrivingBackend):
         if reply[0] == "error":
             self._kill_worker()
             raise _rebuild(reply[1], reply[2], self.host, self.port)
-        self.info = reply[1]
+        self.info = reply[1]  # address, tm_port, pid: the server this worker claimed (servers=[...]: the first free one)
+        host, _, port = self.info["address"].rpartition(":")
+        self.host, self.port = host, int(port)
         self.worker_start_s.append(time.monotonic() - t0)
 
     def _replace_worker(self, cause: BaseException) -> None:
