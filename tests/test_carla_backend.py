@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import socket
@@ -769,3 +770,25 @@ def test_close_does_not_deadlock_against_a_callback_in_progress(net):
     backend.close()  # stops the camera while its callback runs: waits for it, not for ever
     assert 0.2 < time.monotonic() - t0 < 3.0
     assert server.violations == [] and {a.id for a in server.alive()} == {server.spectator.id}
+
+
+def test_lane_invasions_come_from_the_client_side_sensor(net):
+    """0.9.16's lane-invasion sensor runs in the client: events from the parent's lane changes, no server data."""
+    server = net.add()
+    backend = _backend(net, npc_vehicles=0)
+    backend.reset(seed=0)
+    straight = sum(backend.step(0.0, 0.5, 0.0).extra["lane_invasions"] for _ in range(20))
+    lanes, invasions = [], 0
+    for _ in range(40):  # steer left across the centre line into the other lane
+        frame = backend.step(0.3, 0.5, 0.0)
+        invasions += frame.extra["lane_invasions"]
+        wp = server.map.get_waypoint(carla.Location(frame.x, -frame.y, 0.0), project_to_road=True)
+        lanes.append(wp.lane_id)
+    time.sleep(0.05)
+    frame = backend.step(0.0, 0.0, 1.0)  # an event is at most one step late
+    invasions += frame.extra["lane_invasions"]
+    lanes.append(server.map.get_waypoint(carla.Location(frame.x, -frame.y, 0.0), project_to_road=True).lane_id)
+    changes = sum(1 for a, b in itertools.pairwise(lanes) if a != b)
+    assert straight == 0 and lanes[0] == -1 and changes >= 1
+    assert invasions == changes
+    backend.close()

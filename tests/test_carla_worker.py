@@ -104,15 +104,17 @@ def test_remote_standin_offers_only_real_carla_api():
 
 
 def test_env_runs_in_its_own_worker_process(servers):
-    server = servers()
+    server = servers(tick_s=0.02)  # a tick takes 20 ms of the server's time
     env = _env(server)
     pid = env.backend.worker_pid
     assert pid is not None and pid != os.getpid()
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (4, 84, 84) and env.observation_space.contains(obs)
     assert np.all(obs["image"][0] == obs["image"][-1])  # the first frame repeated
+    t0 = time.monotonic()
     infos = _go(env, 5)
-    assert [i["sim_time_s"] for i in infos] == pytest.approx([0.05 * k for k in range(1, 6)])
+    assert time.monotonic() - t0 >= 5 * 0.02  # each step waited for its tick ...
+    assert [i["sim_time_s"] for i in infos] == pytest.approx([0.05 * k for k in range(1, 6)])  # ... simulation time is dt
     assert len(server.own_actors()) == N_EPISODE_ACTORS
     assert server.control("settings") == {"synchronous_mode": True, "fixed_delta_seconds": 0.05, "no_rendering_mode": False}
     env.close()
