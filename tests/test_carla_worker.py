@@ -212,6 +212,32 @@ def test_hang_on_a_live_server_is_recovered_inside_the_worker(servers):
     _assert_clean(server)
 
 
+def test_server_restart_between_episodes_is_waited_for_by_reset(servers):
+    server = servers()
+    env = _env(server)
+    env.reset(seed=0)
+    _go(env, 3)
+    server.restart_after(1.0)
+    _, info = env.reset(seed=1)  # the worker loses the server during the reset; a new one waits for it
+    assert env.backend.workers_started == 2 and info["backend"]["restarts"] == 0  # no episode was cut short
+    assert len(server.own_actors()) == N_EPISODE_ACTORS
+    _go(env, 5)
+    env.close()
+    _assert_clean(server)
+
+
+def test_close_on_a_dead_server_is_bounded_and_never_aborts_the_worker(servers):
+    server = servers()
+    env = _env(server)
+    env.reset(seed=0)
+    worker = env.backend._proc
+    server.kill()
+    t0 = time.monotonic()
+    env.close()  # the TM is not touched: a TM whose server is gone aborts its process
+    assert time.monotonic() - t0 < 15.0
+    assert worker.exitcode == 0
+
+
 def test_server_that_does_not_come_back_ends_with_a_clear_error(servers):
     server = servers()
     env = _env(server, server_wait_s=2.0)
