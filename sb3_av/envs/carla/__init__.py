@@ -1,6 +1,7 @@
 """The CARLA 0.9.16 backend of the driving envs (``CarlaScenario{0,1,2}-v0``).
 
-Importing this package neither imports ``carla`` nor connects to anything; :func:`make_carla_env` does.
+Importing this package neither imports ``carla`` nor connects to anything; :func:`make_carla_env` does, from a
+worker process of the env's own (:mod:`sb3_av.envs.carla.worker`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def make_carla_env(
 
     Env kwargs are the env-contract keys (``max_steps``, ``frame_stack``, ``camera_size``, ``npc_vehicles``,
     ``seed``, ...) and the keys of :class:`CarlaConfig` (``host``, ``port``, ``tm_port``, ``servers``,
-    ``rank``, ``town``, ``timeout_s``, ``connect_timeout_s``, ``max_reconnects``, ...).
+    ``rank``, ``town``, ``timeout_s``, ``connect_timeout_s``, ``max_reconnects``, ``server_wait_s``,
+    ``worker_timeout_s``, ``share_server``, ``worker``, ...).
 
     :param scenario: ``"CarlaScenario0"`` (or its env id).
     By default the CARLA client runs in a worker process of this env's own (:mod:`sb3_av.envs.carla.worker`,
