@@ -792,3 +792,12 @@ def test_lane_invasions_come_from_the_client_side_sensor(net):
     assert straight == 0 and lanes[0] == -1 and changes >= 1
     assert invasions == changes
     backend.close()
+
+
+def test_frame_queue_takes_an_image_that_arrives_after_a_newer_one():
+    q = FrameQueue("camera")
+    q.put(SimpleNamespace(frame=11))  # frame 11's image came first ...
+    threading.Timer(0.05, q.put, args=(SimpleNamespace(frame=10),)).start()  # ... frame 10's comes later
+    assert q.get(10, timeout_s=1.0).frame == 10
+    assert q.get(11, timeout_s=0.01).frame == 11  # the newer one was kept for its own step
+    assert q.stale_dropped == 0
