@@ -351,7 +351,7 @@ class RemoteTrafficManager:
 
     def _synchronous_tick(self) -> None:
         try:
-            self._session.call(("tm", self._port), "tick", timeout_s=2.0)
+            self._session.call(("tm", self._port), "tick", timeout_s=10.0)
         except RuntimeError:  # the TM's stages RPC a dead server inside a std::thread: std::terminate
             os.abort()
 
@@ -360,7 +360,7 @@ class RemoteTrafficManager:
             if cs.TM_MAP.get(self._port) is self:
                 del cs.TM_MAP[self._port]
         try:
-            self._session.call(("tm", self._port), "shut_down", timeout_s=2.0)
+            self._session.call(("tm", self._port), "shut_down", timeout_s=10.0)
         except RuntimeError:
             os.abort()
 
