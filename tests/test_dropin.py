@@ -24,6 +24,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import BitFlippingEnv
 from stable_baselines3.common.torch_layers import CombinedExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
+from stable_baselines3.td3.policies import MultiInputPolicy as SB3TD3MultiInputPolicy
 
 from sb3_av import ClippedDDPG, ClippedSAC, ClippedTD3, ClippedTQC
 from sb3_av.buffers import FrameStackDictReplayBuffer
@@ -225,6 +226,21 @@ def test_vec_frame_stacked_driving_space_gets_frame_stack_buffer_and_sb3s_sample
     assert type(ours.replay_buffer) is FrameStackDictReplayBuffer and type(reference.replay_buffer) is DictReplayBuffer
     _assert_same_training(ours, reference)
     _assert_save_load_keeps_predictions(ours, tmp_path / "model.zip")
+
+
+@pytest.mark.parametrize("share_features_extractor", [False, True])
+def test_sb3s_own_td3_policy_class_trains_as_sb3(share_features_extractor, tmp_path) -> None:
+    """A model saved by SB3 or a custom SB3 policy class: ClippedTD3 runs SB3's step on it, SB3's sharing mode too."""
+    kwargs = _kwargs(TD3)
+    kwargs["policy_kwargs"]["share_features_extractor"] = share_features_extractor
+    ours = ClippedTD3(SB3TD3MultiInputPolicy, MixedDictEnv(), **kwargs).learn(40)
+    reference = TD3(SB3TD3MultiInputPolicy, MixedDictEnv(), **kwargs).learn(40)
+    _assert_same_training(ours, reference)
+    reference.save(tmp_path / "sb3_model.zip")
+    loaded = ClippedTD3.load(tmp_path / "sb3_model.zip", env=MixedDictEnv(), device="cpu")
+    assert type(loaded.policy) is SB3TD3MultiInputPolicy
+    loaded.learn(20, reset_num_timesteps=False)  # trains with the clippers over SB3's policy
+    assert loaded.grad_norms.pop_dump()["critic"].steps > 0
 
 
 # -------------------------------------------------------------------------------------------------------------- HER

@@ -233,7 +233,7 @@ def test_shared_encoder_is_trained_by_critic_only() -> None:
     encoder_after = list(policy.critic.features_extractor.parameters())
     assert not all(th.equal(a, b) for a, b in zip(encoder_after, encoder_before, strict=True))
     # the target encoder is soft-updated once per target update (SB3's shared mode does it twice: 2 * tau)
-    online, target = model.policy.target_update_parameters()
+    online, target = model.policy.heads().target_update_parameters()
     assert (
         len({id(p) for p in target})
         == len(target)
@@ -302,13 +302,6 @@ def test_shared_encoder_step_is_the_drq_v2_step() -> None:
     ):
         for p, p_expected in zip(ours.parameters(), expected.parameters(), strict=True):
             th.testing.assert_close(p.detach(), p_expected.detach(), rtol=1e-6, atol=1e-7)
-
-
-def test_td3_needs_sb3_avs_td3_policy() -> None:
-    from stable_baselines3.td3.policies import MultiInputPolicy as SB3MultiInputPolicy
-
-    with pytest.raises(TypeError, match="trains sb3-av's TD3 policies"):
-        ClippedTD3(SB3MultiInputPolicy, ImageVectorEnv(), **_tiny())
 
 
 def test_shared_mode_actor_loss_does_not_reach_encoder() -> None:

@@ -15,9 +15,9 @@ features under ``no_grad``), so a critic-CNN clip would do nothing there; sb3-av
 The targets keep a full copy of the encoder, shared by the actor and critic targets and updated once per
 target update (SB3's shared mode updates it twice, an effective 2 * tau).
 
-The policy owns "encode once, then heads" for :meth:`sb3_av.td3.ClippedTD3.train`: :meth:`TD3Policy.encode` runs a
-batch through the shared encoder once (a no-op with separate extractors), and :meth:`TD3Policy.actions`,
-:meth:`TD3Policy.q_values` and :meth:`TD3Policy.actor_q_values` are the heads on that batch, in either mode.
+The policy owns "encode once, then heads" for :meth:`sb3_av.td3.ClippedTD3.train` (:meth:`TD3Policy.heads`):
+:class:`TD3Heads` is SB3's step (each network extracts its own features; also used for SB3's own TD3 policies),
+:class:`SharedEncoderHeads` runs each batch through the shared encoder once and every head on its features.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ from torch import nn
 from sb3_av.common.policies import multi_input_defaults
 from sb3_av.torch_layers import MultiInputExtractor
 
-__all__ = ["CnnPolicy", "EncodedBatch", "EncoderActor", "MlpPolicy", "MultiInputPolicy", "TD3Policy"]
+__all__ = [
+    "CnnPolicy",
+    "EncodedBatch",
+    "EncoderActor",
+    "MlpPolicy",
+    "MultiInputPolicy",
+    "SharedEncoderHeads",
+    "TD3Heads",
+    "TD3Policy",
+]
 
 
 class EncodedBatch(NamedTuple):
@@ -50,6 +59,114 @@ class EncodedBatch(NamedTuple):
 
     observations: PyTorchObs
     features: th.Tensor | None
+
+
+class TD3Heads:
+    """Encode once, then heads: how ``ClippedTD3.train`` runs a TD3 policy's actor and critic on a batch.
+
+    This base class is SB3's TD3 step: each network extracts its own features (:meth:`encode` does nothing), the
+    actor loss recomputes them. It serves sb3-av's policies with separate extractors and SB3's own TD3 policies (a
+    model saved by SB3, a custom SB3 policy class), in SB3's own sharing mode too. :class:`SharedEncoderHeads` is
+    sb3-av's shared encoder.
+
+    :param policy: the policy whose networks the heads run.
+    """
+
+    def __init__(self, policy: _SB3TD3Policy) -> None:
+        self.policy = policy
+
+    def encode(self, observations: PyTorchObs, target: bool = False) -> EncodedBatch:
+        """Prepare a batch for the heads.
+
+        :param observations: a sampled batch.
+        :param target: for the target networks (the next observations).
+        """
+        return EncodedBatch(observations, None)
+
+    def actions(self, batch: EncodedBatch, target: bool = False) -> th.Tensor:
+        """The deterministic actions ``(batch, action_dim)`` in [-1, 1] of the actor (or the target actor)."""
+        actor = self.policy.actor_target if target else self.policy.actor
+        return actor(batch.observations)
+
+    def q_values(self, batch: EncodedBatch, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
+        """Each critic's (or target critic's) Q-values ``(batch, 1)`` of ``actions``."""
+        critic = self.policy.critic_target if target else self.policy.critic
+        return critic(batch.observations, actions)
+
+    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
+        """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean."""
+        policy = self.policy
+        # SB3 annotates q1_forward's observations as a tensor; it takes a dict of tensors as forward() does
+        return policy.critic.q1_forward(batch.observations, policy.actor(batch.observations))  # type: ignore[arg-type]
+
+    def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Online and target parameters for the soft (Polyak) update, in matching order: the critic's, the actor's."""
+        policy = self.policy
+        return (
+            [*policy.critic.parameters(), *policy.actor.parameters()],
+            [*policy.critic_target.parameters(), *policy.actor_target.parameters()],
+        )
+
+
+class SharedEncoderHeads(TD3Heads):
+    """sb3-av's shared encoder (DrQ-v2): each batch goes through the encoder once, every head reads its features.
+
+    The critic heads read the features with gradient (the critic loss trains the encoder); the actor reads them
+    detached, computed before the critic's optimizer step, as DrQ-v2 does. The target networks share the target
+    encoder, and each parameter is soft-updated once.
+    """
+
+    policy: TD3Policy
+
+    def __init__(self, policy: TD3Policy) -> None:
+        super().__init__(policy)
+
+    def encode(self, observations: PyTorchObs, target: bool = False) -> EncodedBatch:
+        network = self.policy.critic_target if target else self.policy.critic
+        return EncodedBatch(observations, self._features(observations, network))
+
+    def actions(self, batch: EncodedBatch, target: bool = False) -> th.Tensor:
+        actor = self.policy.actor_target if target else self.policy.actor
+        assert batch.features is not None  # from encode()
+        return actor.mu(batch.features.detach())
+
+    def q_values(self, batch: EncodedBatch, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
+        critic = self.policy.critic_target if target else self.policy.critic
+        assert batch.features is not None
+        q_input = th.cat([batch.features, actions], dim=1)
+        return tuple(q_net(q_input) for q_net in critic.q_networks)
+
+    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
+        assert batch.features is not None
+        features = batch.features.detach()
+        return self.policy.critic.q_networks[0](th.cat([features, self.policy.actor.mu(features)], dim=1))
+
+    def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The critic's parameters (with the one encoder), then the actor's head: each parameter exactly once."""
+        policy = self.policy
+        return (
+            [*policy.critic.parameters(), *policy.actor.mu.parameters()],
+            [*policy.critic_target.parameters(), *policy.actor_target.mu.parameters()],
+        )
+
+    def _features(self, observations: PyTorchObs, network: ContinuousCritic) -> th.Tensor:
+        """Preprocess a batch once and run it through ``network``'s features extractor.
+
+        :class:`~sb3_av.torch_layers.MultiInputExtractor` takes its image raw (uint8) and scales it in one copy to
+        its compute dtype and memory format; everything else goes through SB3's ``preprocess_obs``.
+        """
+        extractor = network.features_extractor
+        policy = self.policy
+        if isinstance(extractor, MultiInputExtractor) and policy.normalize_images and isinstance(observations, dict):
+            assert isinstance(policy.observation_space, spaces.Dict)  # the extractor accepts only Dict spaces
+            space = policy.observation_space
+            return extractor(
+                {
+                    key: value if key == extractor.image_key else preprocess_obs(value, space[key], normalize_images=True)
+                    for key, value in observations.items()
+                }
+            )
+        return extractor(preprocess_obs(observations, policy.observation_space, normalize_images=policy.normalize_images))
 
 
 class EncoderActor(Actor):
@@ -120,79 +237,9 @@ class TD3Policy(_SB3TD3Policy):
         self.actor_target.set_training_mode(False)
         self.critic_target.set_training_mode(False)
 
-    def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Online and target parameters for the soft (Polyak) update, each parameter exactly once.
-
-        :return: (online, target) lists in matching order: the critic's, then the actor's (without the shared
-            encoder in shared mode, which the critic's list already holds).
-        """
-        if not self.share_features_extractor:
-            online = [*self.critic.parameters(), *self.actor.parameters()]
-            target = [*self.critic_target.parameters(), *self.actor_target.parameters()]
-            return online, target
-        return (
-            [*self.critic.parameters(), *self.actor.mu.parameters()],
-            [*self.critic_target.parameters(), *self.actor_target.mu.parameters()],
-        )
-
-    # ------------------------------------------------------------------ encode once, then heads (ClippedTD3.train)
-    def encode(self, observations: PyTorchObs, target: bool = False) -> EncodedBatch:
-        """Prepare a batch for the heads: with a shared encoder, run it through that encoder once.
-
-        :param observations: a sampled batch.
-        :param target: use the target networks' encoder (for the next observations).
-        """
-        if not self.share_features_extractor:
-            return EncodedBatch(observations, None)
-        return EncodedBatch(observations, self._features(observations, self.critic_target if target else self.critic))
-
-    def actions(self, batch: EncodedBatch, target: bool = False) -> th.Tensor:
-        """The deterministic actions ``(batch, action_dim)`` in [-1, 1] of the actor (or the target actor).
-
-        With a shared encoder the actor reads the features detached (the encoder belongs to the critic).
-        """
-        actor = self.actor_target if target else self.actor
-        if batch.features is None:
-            return actor(batch.observations)
-        return actor.mu(batch.features.detach())
-
-    def q_values(self, batch: EncodedBatch, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
-        """Each critic's (or target critic's) Q-values ``(batch, 1)`` of ``actions``."""
-        critic = self.critic_target if target else self.critic
-        if batch.features is None:
-            return critic(batch.observations, actions)
-        q_input = th.cat([batch.features, actions], dim=1)
-        return tuple(q_net(q_input) for q_net in critic.q_networks)
-
-    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
-        """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean.
-
-        With a shared encoder both heads read the batch's features detached (computed once, before the critic's
-        optimizer step, as DrQ-v2 does); separate extractors recompute them, as SB3's TD3 does.
-        """
-        if batch.features is None:
-            # SB3 annotates q1_forward's observations as a tensor; it takes a dict of tensors as forward() does
-            return self.critic.q1_forward(batch.observations, self.actor(batch.observations))  # type: ignore[arg-type]
-        features = batch.features.detach()
-        return self.critic.q_networks[0](th.cat([features, self.actor.mu(features)], dim=1))
-
-    def _features(self, observations: PyTorchObs, network: ContinuousCritic) -> th.Tensor:
-        """Preprocess a batch once and run it through ``network``'s features extractor.
-
-        :class:`~sb3_av.torch_layers.MultiInputExtractor` takes its image raw (uint8) and scales it in one copy to
-        its compute dtype and memory format; everything else goes through SB3's ``preprocess_obs``.
-        """
-        extractor = network.features_extractor
-        if isinstance(extractor, MultiInputExtractor) and self.normalize_images and isinstance(observations, dict):
-            assert isinstance(self.observation_space, spaces.Dict)  # the extractor accepts only Dict spaces
-            space = self.observation_space
-            return extractor(
-                {
-                    key: value if key == extractor.image_key else preprocess_obs(value, space[key], normalize_images=True)
-                    for key, value in observations.items()
-                }
-            )
-        return extractor(preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images))
+    def heads(self) -> TD3Heads:
+        """How :meth:`sb3_av.td3.ClippedTD3.train` runs this policy's networks on a batch (see :class:`TD3Heads`)."""
+        return SharedEncoderHeads(self) if self.share_features_extractor else TD3Heads(self)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.actor(observation)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.common.off_policy import ClippedOffPolicyMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
-from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Policy
+from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Heads, TD3Policy
 
 __all__ = ["ClippedDDPG", "ClippedTD3"]
 
@@ -130,14 +130,9 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
     def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
         return self.actor, self.critic
 
-    def _setup_model(self) -> None:
-        if not issubclass(self.policy_class, TD3Policy):
-            raise TypeError(
-                f"{type(self).__name__} trains sb3-av's TD3 policies (sb3_av.td3.TD3Policy and subclasses), got "
-                f"{self.policy_class.__module__}.{self.policy_class.__name__}: use the policy names ('MlpPolicy', "
-                "'CnnPolicy', 'MultiInputPolicy') or sb3_av.td3's classes, which take the same arguments as SB3's."
-            )
-        super()._setup_model()
+    def _heads(self) -> TD3Heads:
+        """The policy's encode-once-then-heads; SB3's own TD3 policies (e.g. a model saved by SB3) train as in SB3."""
+        return self.policy.heads() if isinstance(self.policy, TD3Policy) else TD3Heads(self.policy)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -146,7 +141,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         # Update learning rate according to lr schedule
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
 
-        policy = self.policy  # encodes each batch once (shared encoder), then runs the actor and critic heads
+        heads = self._heads()  # encodes each batch once (shared encoder), then runs the actor and critic heads
         actor_losses: list[th.Tensor] = []
         critic_losses: list[th.Tensor] = []
         critic_norms: list[tuple[int, StepNorms]] = []
@@ -158,11 +153,11 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             if self.image_augmentation is not None:
                 replay_data = self._augment(replay_data)
-            target_q_values = self._target_q_values(replay_data)
+            target_q_values = self._target_q_values(heads, replay_data)
 
             # Get current Q-values estimates for each critic network
-            batch = policy.encode(replay_data.observations)
-            current_q_values = policy.q_values(batch, replay_data.actions)
+            batch = heads.encode(replay_data.observations)
+            current_q_values = heads.q_values(batch, replay_data.actions)
 
             # Compute critic loss
             critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
@@ -177,7 +172,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             # Delayed policy updates
             if self._n_updates % self.policy_delay == 0:
                 # Compute actor loss
-                actor_loss = -policy.actor_q_values(batch).mean()
+                actor_loss = -heads.actor_q_values(batch).mean()
                 actor_losses.append(actor_loss.detach())
 
                 # Optimize the actor
@@ -185,7 +180,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
                 actor_loss.backward()
                 actor_norms.append((self._n_updates, self._actor_clipper.step(self.actor.optimizer)))
 
-                online, target = policy.target_update_parameters()
+                online, target = heads.target_update_parameters()
                 polyak_update(online, target, self.tau)
                 # Copy running stats, see GH issue #996
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
@@ -199,20 +194,19 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
         self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
 
-    def _target_q_values(self, replay_data: ReplayBufferSamples) -> th.Tensor:
+    def _target_q_values(self, heads: TD3Heads, replay_data: ReplayBufferSamples) -> th.Tensor:
         """TD3's critic target ``(batch, 1)``: reward + discounted min of the target critics at the smoothed action."""
-        policy = self.policy
         # For n-step replay, discount factor is gamma**n_steps (when no early termination)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
-            next_batch = policy.encode(replay_data.next_observations, target=True)
+            next_batch = heads.encode(replay_data.next_observations, target=True)
             # Select action according to policy and add clipped noise
             noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
             noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-            next_actions = (policy.actions(next_batch, target=True) + noise).clamp(-1, 1)
+            next_actions = (heads.actions(next_batch, target=True) + noise).clamp(-1, 1)
 
             # Compute the next Q-values: min over all critics targets
-            next_q_values = th.cat(policy.q_values(next_batch, next_actions, target=True), dim=1)
+            next_q_values = th.cat(heads.q_values(next_batch, next_actions, target=True), dim=1)
             next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
             return replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
