@@ -17,7 +17,14 @@ import os
 
 import torch as th
 
-__all__ = ["CNN_DTYPES", "available_cores", "default_torch_threads", "native_bfloat16", "resolve_cnn_dtype"]
+__all__ = [
+    "CNN_DTYPES",
+    "available_cores",
+    "default_torch_threads",
+    "native_bfloat16",
+    "resolve_cnn_dtype",
+    "set_torch_threads",
+]
 
 #: Accepted values of ``cnn_dtype`` (``"auto"`` resolves per device with :func:`resolve_cnn_dtype`).
 CNN_DTYPES = ("auto", "float32", "bfloat16")
@@ -87,3 +94,18 @@ def default_torch_threads(cores: int | None = None) -> int:
     """
     cores = available_cores() if cores is None else cores
     return max(1, cores // 2)
+
+
+def set_torch_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op thread count as the trainer, the evaluator and the recorder do.
+
+    :param num_threads: a count; None: :func:`default_torch_threads`, unless ``OMP_NUM_THREADS`` is set (torch then
+        follows it); <= 0: torch's own default (every core).
+    :return: the thread count torch now uses.
+    """
+    threads = num_threads
+    if threads is None:
+        threads = -1 if os.environ.get("OMP_NUM_THREADS") else default_torch_threads()
+    if threads > 0:
+        th.set_num_threads(threads)
+    return th.get_num_threads()

@@ -401,6 +401,7 @@ def run_record_command(args: argparse.Namespace) -> int:
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from sb3_av.compute import set_torch_threads
     from sb3_av.zoo.enjoy import load_model, resolve_target
 
     if args.n_episodes < 1:
@@ -410,6 +411,7 @@ def _run_record(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     if args.tb_log is not None and not args.tb_log.is_dir():
         raise FileNotFoundError(f"--tb-log {args.tb_log} is not a folder")
+    set_torch_threads()
     model = load_model(target, args.device)
     for env_id in target.env_ids:
         name = target.run_dir.name if target.run_dir else (target.model_path.stem if target.model_path else "baseline")

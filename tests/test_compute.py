@@ -104,3 +104,15 @@ def test_default_threads_follow_the_cpu_affinity() -> None:
         pytest.skip("no CPU affinity on this OS")
     assert compute.available_cores() == len(os.sched_getaffinity(0))
     assert default_torch_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_set_torch_threads_default_explicit_and_omp(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = th.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert compute.set_torch_threads() == default_torch_threads() == th.get_num_threads()
+        assert compute.set_torch_threads(3) == 3 == th.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting wins over the default: left as it is
+        assert compute.set_torch_threads() == 3
+    finally:
+        th.set_num_threads(before)

@@ -23,6 +23,7 @@ import numpy as np
 
 from sb3_av.algorithms import ALGO_NAMES, get_algorithm
 from sb3_av.baselines import PIDPurePursuit
+from sb3_av.compute import set_torch_threads
 from sb3_av.evaluation import evaluate, format_metrics_table
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.run_folder import RunInfo, find_checkpoints, read_run_info, resolve_model_path
@@ -249,6 +250,7 @@ def _run(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     if args.video_episodes < 1:
         raise ValueError(f"--video-episodes must be >= 1, got {args.video_episodes}")
+    set_torch_threads()
     model = load_model(target, args.device)
     rows = [(env_id, _evaluate_on(env_id, model, target, args)) for env_id in target.env_ids]
     print(format_metrics_table(rows))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +20,8 @@ from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
-import torch as th
 
-from sb3_av.compute import default_torch_threads
+from sb3_av.compute import default_torch_threads, set_torch_threads
 from sb3_av.algorithms import ALGO_NAMES
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.exp_manager import TrainError
@@ -270,20 +268,6 @@ def _resolve_trained_agent(path: str) -> str:
     return str(p)
 
 
-def _set_torch_threads(num_threads: int | None) -> int:
-    """Apply ``--num-threads``: None: :func:`~sb3_av.compute.default_torch_threads`, unless ``OMP_NUM_THREADS`` is set
-    (torch follows it); <= 0: torch's default.
-
-    :return: the thread count torch now uses.
-    """
-    threads = num_threads
-    if threads is None:
-        threads = -1 if os.environ.get("OMP_NUM_THREADS") else default_torch_threads()
-    if threads > 0:
-        th.set_num_threads(threads)
-    return th.get_num_threads()
-
-
 def _run(args: argparse.Namespace) -> int:
     from stable_baselines3.common.utils import set_random_seed
 
@@ -303,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         args.seed = int(np.random.randint(2**32 - 1, dtype="int64"))
     set_random_seed(args.seed)
-    args.num_threads = _set_torch_threads(args.num_threads)
+    args.num_threads = set_torch_threads(args.num_threads)
     if args.progress is None:
         args.progress = args.verbose > 0
     print("=" * 10, args.env, "=" * 10)
