@@ -345,11 +345,11 @@ def record_target(
     n_episodes: int,
     seed: int,
     log_dir: Path | None = None,
-    gif: bool = True,
+    gif: tuple[int, float] | None = (2, 0.5),
     view_px: int = 352,
 ) -> list[Path]:
     """Record ``n_episodes`` of a model (or the baseline when ``model`` is None) on ``env_id`` to ``out`` (MP4) and,
-    with ``gif``, a GIF of the same name beside it.
+    with ``gif`` = (keep every n-th frame, scale), a GIF of the same name beside it.
 
     :param model: the loaded model, or None for the PID + pure-pursuit baseline.
     :param target: the :class:`sb3_av.zoo.enjoy.Target` it came from (env kwargs, run folder).
@@ -371,7 +371,8 @@ def record_target(
         fps = float(env.metadata.get("render_fps", 20)) / int(target.env_kwargs.get("action_repeat", 1))
         frames = record_episodes(agent, env, n_episodes, seed, title=f"{env_id}  {who}", alerts=alerts, view_px=view_px)
         gif_path = out.with_suffix(".gif") if gif else None
-        count = write_video(frames, out, gif_path, fps=fps)
+        gif_every, gif_scale = gif or (1, 1.0)
+        count = write_video(frames, out, gif_path, fps=fps, gif_every=gif_every, gif_scale=gif_scale)
     finally:
         env.close()
     written = [out] + ([gif_path] if gif_path is not None else [])
@@ -387,6 +388,8 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--n-episodes", type=int, default=1, help="episodes to record (default: 1)")
     parser.add_argument("-o", "--out", type=Path, help="the MP4 to write (default: videos/<env id>_<run or baseline>.mp4)")
     parser.add_argument("--no-gif", action="store_true", help="write only the MP4 (default: also a GIF beside it)")
+    parser.add_argument("--gif-every", type=int, default=2, help="keep every n-th frame in the GIF (default: 2)")
+    parser.add_argument("--gif-scale", type=float, default=0.5, help="GIF size relative to the MP4 (default: 0.5)")
     parser.add_argument(
         "--tb-log", type=Path, help="the run's TensorBoard folder, for the alert line (default: the run folder)"
     )
@@ -408,6 +411,8 @@ def _run_record(args: argparse.Namespace) -> int:
         raise ValueError(f"-n must be >= 1, got {args.n_episodes}")
     if args.view_px < 64:
         raise ValueError(f"--view-px must be >= 64, got {args.view_px}")
+    if args.gif_every < 1 or not 0.05 <= args.gif_scale <= 1.0:
+        raise ValueError(f"--gif-every must be >= 1 and --gif-scale in [0.05, 1], got {args.gif_every} and {args.gif_scale}")
     target = resolve_target(args)
     if args.tb_log is not None and not args.tb_log.is_dir():
         raise FileNotFoundError(f"--tb-log {args.tb_log} is not a folder")
@@ -418,5 +423,6 @@ def _run_record(args: argparse.Namespace) -> int:
         out = args.out or Path("videos") / f"{env_id}_{name}.mp4"
         if args.out is not None and len(target.env_ids) > 1:
             out = args.out.with_name(f"{args.out.stem}_{env_id}{args.out.suffix}")
-        record_target(model, target, env_id, out, args.n_episodes, args.seed, args.tb_log, not args.no_gif, args.view_px)
+        gif = None if args.no_gif else (args.gif_every, args.gif_scale)
+        record_target(model, target, env_id, out, args.n_episodes, args.seed, args.tb_log, gif, args.view_px)
     return 0

@@ -125,9 +125,12 @@ _SHORT = ["--env-kwargs", "max_steps:20", "npc_vehicles:3"]
 
 def test_record_command_writes_mp4_and_gif_of_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "v" / "pid.mp4"
-    assert _record_cli(["--baseline", "--env", "LiteScenario0-v0", "-n", "2", "-o", str(out), *_SHORT]) == 0
-    assert imageio.get_reader(out).count_frames() == 2 * (20 + 20)  # 20 steps + 1 s held at 20 Hz, twice
-    assert Image.open(out.with_suffix(".gif")).n_frames > 1
+    argv = ["--baseline", "--env", "LiteScenario0-v0", "-n", "2", "-o", str(out), "--gif-scale", "0.25", *_SHORT]
+    assert _record_cli(argv) == 0
+    video = imageio.get_reader(out)
+    assert video.count_frames() == 2 * (20 + 20)  # 20 steps + 1 s held at 20 Hz, twice
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames > 1 and gif.size == (video.get_data(0).shape[1] // 4, video.get_data(0).shape[0] // 4)
     assert "Recorded 2 episode(s) of PID + pure-pursuit baseline on LiteScenario0-v0" in capsys.readouterr().out
 
 
@@ -137,6 +140,7 @@ def test_record_command_writes_mp4_and_gif_of_the_baseline(tmp_path: Path, capsy
         (["--baseline", "--env", "LiteScenario0-v0", "-o", "x.avi"], "must end in .mp4"),
         (["--baseline", "--env", "NoSuchEnv-v0"], "unknown env id"),
         (["--baseline", "--env", "LiteScenario0-v0", "-n", "0"], "-n must be >= 1"),
+        (["--baseline", "--env", "LiteScenario0-v0", "--gif-scale", "3"], "--gif-scale in [0.05, 1]"),
         (["--model", "missing.zip", "--env", "LiteScenario0-v0"], "not found"),
         (["--baseline", "--env", "CarlaScenario0-v0", "--env-kwargs", "port:2999", "connect_timeout_s:1"], "127.0.0.1:2999"),
     ],
