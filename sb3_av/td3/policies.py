@@ -11,7 +11,8 @@ Parameter groups (what ``max_grad_norms`` names) in each mode:
 With ``share_features_extractor=True`` sb3-av does what the pixel-RL literature does (DrQ-v2, Yarats et al.
 2021, "Mastering Visual Continuous Control"): one encoder, trained by the critic loss only; the actor sees
 its output detached. SB3's own sharing trains the encoder from the actor loss only (the critic computes
-features under ``no_grad``), so a critic-CNN clip would do nothing there; sb3-av does not offer that mode.
+features under ``no_grad``), so a critic-CNN clip would do nothing there; sb3-av's policies do not offer that
+mode (``ClippedTD3`` still trains SB3's own policy classes, e.g. of a model saved by SB3, as SB3 does).
 The targets keep a full copy of the encoder, shared by the actor and critic targets and updated once per
 target update (SB3's shared mode updates it twice, an effective 2 * tau).
 
@@ -50,7 +51,7 @@ __all__ = [
 
 
 class EncodedBatch(NamedTuple):
-    """A batch of observations as the actor and critic heads read it (see :meth:`TD3Policy.encode`).
+    """A batch of observations as the actor and critic heads read it (see :meth:`TD3Heads.encode`).
 
     :param observations: the batch (a tensor or a dict of tensors).
     :param features: with a shared encoder, its output ``(batch, features_dim)`` (computed once for every head);
