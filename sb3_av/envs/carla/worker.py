@@ -300,8 +300,8 @@ class WorkerBackend(DrivingBackend):
         assert self._conn is not None
         try:
             self._conn.send(message)
-        except OSError as exc:
-            raise _WorkerLost(f"the worker is gone ({exc})") from None
+        except OSError:
+            raise self._died() from None
         reply = self._wait(self.config.answer_timeout_s)
         if reply[0] == "error":
             raise _rebuild(reply[1], reply[2], self.host, self.port)
@@ -319,8 +319,7 @@ class WorkerBackend(DrivingBackend):
                 try:
                     reply = self._conn.recv()
                 except (EOFError, OSError):
-                    self._proc.join(1.0)
-                    raise _WorkerLost(f"the worker (pid {self._proc.pid}) died (exit code {self._proc.exitcode})") from None
+                    raise self._died() from None
                 if reply[0] == "progress":
                     deadline = time.monotonic() + max(float(reply[1]), self.config.answer_timeout_s)
                     continue
@@ -328,7 +327,13 @@ class WorkerBackend(DrivingBackend):
                     raise _WorkerLost(reply[2])
                 return reply
             if not self._proc.is_alive() and not self._conn.poll(0):
-                raise _WorkerLost(f"the worker (pid {self._proc.pid}) died (exit code {self._proc.exitcode})")
+                raise self._died()
+
+    def _died(self) -> _WorkerLost:
+        """The error for a worker whose end of the socket closed: it died (its exit code says how)."""
+        assert self._proc is not None
+        self._proc.join(1.0)
+        return _WorkerLost(f"the worker (pid {self._proc.pid}) died (exit code {self._proc.exitcode})")
 
     def _kill_worker(self, grace_s: float = 0.0) -> None:
         proc, conn = self._proc, self._conn
