@@ -261,7 +261,8 @@ def record_episodes(
             )
             frame = compose_frame(view.render(route_points), obs["image"], overlay, font)
             yield frame
-        dt = float(info["sim_time_s"]) / max(step, 1)
+        assert frame is not None  # an episode has at least one step
+        dt = float(info["sim_time_s"]) / step
         for _ in range(round(hold_last_s / dt) if dt > 0 else 0):
             yield frame
 
@@ -301,7 +302,7 @@ def write_video(
     writer = (
         imageio.get_writer(mp4_path, fps=fps, codec="libx264", quality=7, macro_block_size=_MACRO_BLOCK) if mp4_path else None
     )
-    gif_frames: list[np.ndarray] = []
+    gif_frames: list[Any] = []
     count = 0
     try:
         for count, frame in enumerate(frames, start=1):
