@@ -4,8 +4,11 @@ Only the server side is replaced: the backend still imports the real ``carla`` c
 types (``carla.Transform``, ``carla.Location``, ``carla.Rotation``, ``carla.VehicleControl``,
 ``carla.WorldSettings``, ``carla.LaneType``, ``carla.command.DestroyActor`` / ``SetAutopilot`` /
 ``SpawnActor``), and the map is a real ``carla.Map`` built from an OpenDRIVE road (a real client parses
-it and answers ``get_waypoint`` / ``Waypoint.next``). The stand-in implements only the calls the backend
-makes, records them, and checks the rules the backend must keep (``violations``).
+it and answers ``get_waypoint`` / ``Waypoint.next``). A server whose town is Town01 serves the real Town01
+(``tests/data/carla/Town01.xodr.gz``), so the backend plans the scenario route on the real road network; another
+town name gets a small one-road map (:data:`_XODR`). The spawn points (level data, not in the OpenDRIVE) are the
+map's driving waypoints outside junctions, 10 m apart, in a fixed order. The stand-in implements only the calls
+the backend makes, records them, and checks the rules the backend must keep (``violations``).
 
 Two things cannot be built without a server and are stand-ins: ``ActorBlueprint`` (so
 ``carla.command.SpawnActor(blueprint, transform)`` is replaced, in :data:`standin_carla`, by a function
@@ -29,13 +32,15 @@ What the real *client library* does in the client process is modelled too, after
   ticked; the first image after ``listen()`` is lost (the subscription is made while the frame is in flight).
   ``stop()`` waits for a callback in progress (``UnSubscribeFromStream``).
 - ``sensor.other.lane_invasion`` is a client-side sensor (``client/LaneInvasionSensor.cpp``): the client
-  computes the crossings from the parent's position and the map on every world tick it receives.
+  computes the crossings from the parent's position and the map on every world tick it receives (here: the
+  parent's lane changed to one its lane does not lead to, i.e. it crossed a lane's edge).
 - ``world.tick()`` takes time (``tick_s``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import heapq
 import itertools
 import math
@@ -46,16 +51,21 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import carla
 
-__all__ = ["StandinNetwork", "StandinServer", "api_mismatches", "standin_carla"]
+__all__ = ["TOWN01_XODR", "StandinNetwork", "StandinServer", "api_mismatches", "crossed_lane_edge", "standin_carla"]
 
 CLIENT_VERSION = carla.Client("127.0.0.1", 1).get_client_version()  # the real client's version, no connection made
 _TIMEOUT = "time-out of {ms}ms while waiting for the simulator, make sure the simulator is ready and connected to {addr}"
 
-# A two-lane road: 100 m straight, a 90 degree left curve (radius 20 m), 500 m straight, sidewalks.
+#: Town01's OpenDRIVE (CC-BY 4.0, see tests/data/carla/README.md): what a stand-in server named Town01 serves.
+TOWN01_XODR = Path(__file__).resolve().parent / "data" / "carla" / "Town01.xodr.gz"
+SPAWN_SPACING_M = 10.0  # spawn points: one per this many metres of driving lane (Town01: 520; a real Town01 has 255)
+
+# Any other town: a two-lane road: 100 m straight, a 90 degree left curve (radius 20 m), 500 m straight, sidewalks.
 _XODR = """<?xml version="1.0" standalone="yes"?>
 <OpenDRIVE>
   <header revMajor="1" revMinor="4" name="standin" version="1.00" north="0" south="0" east="0" west="0"/>
@@ -89,6 +99,7 @@ _XODR = """<?xml version="1.0" standalone="yes"?>
 """
 
 _MAPS: dict[str, Any] = {}
+_SPAWN_POINTS: dict[str, list[tuple[float, float, float, float]]] = {}  # x, y, z (m), yaw (deg) per town
 
 
 # ---------------------------------------------------------------------------------------------- client process state
@@ -195,10 +206,34 @@ def _tick_client_side_sensors(frame: int) -> None:
 
 
 def _real_map(town: str) -> Any:
-    """A real ``carla.Map`` (parsed by the real client) named like a server's map."""
+    """A real ``carla.Map`` (parsed by the real client, once per process) named like a server's map.
+
+    :param town: ``"Town01"``: the real Town01; any other name: the one-road map :data:`_XODR`.
+    """
     if town not in _MAPS:
-        _MAPS[town] = carla.Map(f"Carla/Maps/{town}", _XODR)
+        xodr = gzip.open(TOWN01_XODR, "rt").read() if town == "Town01" else _XODR
+        _MAPS[town] = carla.Map(f"Carla/Maps/{town}", xodr)
     return _MAPS[town]
+
+
+def _lane_key(waypoint: Any) -> tuple[int, int]:
+    return (waypoint.road_id, waypoint.lane_id) if waypoint is not None else (-1, 0)
+
+
+def crossed_lane_edge(before: Any, after: Any) -> bool:
+    """Whether a vehicle that moved from ``before`` to ``after`` (waypoints, or None off the road) crossed a lane's edge.
+
+    Following a lane onto the lane it leads to (a new road, a junction lane) crosses nothing; any other change of
+    (road, lane) does. Two lanes of one junction count as one (a junction's lanes overlap and carry no markings).
+    """
+    if _lane_key(before) == _lane_key(after):
+        return False
+    if before is None or after is None:
+        return True
+    if before.is_junction and after.is_junction and before.get_junction().id == after.get_junction().id:
+        return False
+    reach = before.transform.location.distance(after.transform.location) + 2.0
+    return _lane_key(after) not in {_lane_key(w) for w in before.next(reach)}
 
 
 def _spawn_command(blueprint: Any, transform: Any) -> Any:
@@ -464,7 +499,8 @@ class StandinSensor(StandinActor):
         super().__init__(*args)
         self.callback: Callable[[Any], None] | None = None
         self._first_dropped = False
-        self._lane: tuple[int, int] | None = None
+        self._lane: Any = None  # the parent's waypoint at the last tick
+        self._started = False
 
     def listen(self, callback: Callable[[Any], None]) -> None:
         self._server._call("sensor.listen", self._id, epoch=self._epoch)
@@ -498,12 +534,12 @@ class StandinSensor(StandinActor):
         callback = self.callback
         if callback is None or parent is None or not parent.is_alive:
             return
-        wp = self._server.map.get_waypoint(parent.get_location(), project_to_road=True)
-        lane = (wp.road_id, wp.lane_id) if wp is not None else (-1, 0)
-        if self._lane is not None and lane != self._lane:
+        carla_map = self._server.map
+        wp = carla_map.get_waypoint(parent.get_location(), project_to_road=True)
+        if self._started and crossed_lane_edge(self._lane, wp):
             event = StandinLaneInvasionEvent(frame, frame * 0.05, parent, [])
             STREAM.submit((id(self._server), self._id), callback, event, 0.0)
-        self._lane = lane
+        self._lane, self._started = wp, True
 
 
 # ---------------------------------------------------------------------------------------------- server side
@@ -564,18 +600,24 @@ class StandinMap:
 
     def __init__(self, town: str) -> None:
         self._map = _real_map(town)
-        start = self._map.get_waypoint_xodr(1, -1, 5.0)
-        points = [start.transform]
-        for wp in sorted(self._map.generate_waypoints(8.0), key=lambda w: (w.lane_id, w.s)):
-            if wp.lane_type == carla.LaneType.Driving and wp.transform.location.distance(start.transform.location) > 1.0:
-                points.append(wp.transform)
+        if town not in _SPAWN_POINTS:
+            waypoints = [w for w in self._map.generate_waypoints(SPAWN_SPACING_M) if not w.is_junction]
+            waypoints.sort(key=lambda w: (w.road_id, w.lane_id, round(w.s, 3)))
+            _SPAWN_POINTS[town] = [
+                (w.transform.location.x, w.transform.location.y, w.transform.location.z + 0.3, w.transform.rotation.yaw)
+                for w in waypoints
+                if w.lane_type == carla.LaneType.Driving
+            ]
         self._spawn_points = [
-            carla.Transform(carla.Location(p.location.x, p.location.y, p.location.z + 0.3), p.rotation) for p in points
+            carla.Transform(carla.Location(x, y, z), carla.Rotation(yaw=yaw)) for x, y, z, yaw in _SPAWN_POINTS[town]
         ]
 
     @property
     def name(self) -> str:
         return self._map.name
+
+    def get_waypoint_xodr(self, road_id: int, lane_id: int, s: float) -> Any:
+        return self._map.get_waypoint_xodr(road_id, lane_id, s)
 
     def get_spawn_points(self) -> list:
         return list(self._spawn_points)

@@ -278,7 +278,8 @@ class RemoteSensor(RemoteActor):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._listening = False
-        self._lane: tuple[int, int] | None = None
+        self._lane: Any = None  # the parent's waypoint at the last tick
+        self._started = False
         self._callback: Any = None
 
     def listen(self, callback: Any) -> None:
@@ -308,12 +309,12 @@ class RemoteSensor(RemoteActor):
             location = parent.get_location()
         except RuntimeError:
             return
-        wp = _client_map(self._session).get_waypoint(location, project_to_road=True)
-        lane = (wp.road_id, wp.lane_id) if wp is not None else (-1, 0)
-        if self._lane is not None and lane != self._lane:
+        carla_map = _client_map(self._session)
+        wp = carla_map.get_waypoint(location, project_to_road=True)
+        if self._started and cs.crossed_lane_edge(self._lane, wp):
             event = cs.StandinLaneInvasionEvent(frame, frame * 0.05, parent, [])
             cs.STREAM.submit((id(self._session), self._id), self._callback, event, 0.0)
-        self._lane = lane
+        self._lane, self._started = wp, True
 
 
 _CLIENT_MAPS: dict[str, cs.StandinMap] = {}

@@ -28,9 +28,14 @@ from sb3_av.envs.carla import (
 )
 from sb3_av.envs.carla.backend import CarlaBackend, _server_lost
 from sb3_av.envs.carla.errors import CarlaSensorTimeout, CarlaServerRestarted
-from sb3_av.envs.carla.route import carla_to_world_xy, carla_to_world_yaw, world_to_carla_steer
+from sb3_av.envs.carla.route import carla_to_world_xy, carla_to_world_yaw, spawn_transform, start_waypoint
+from sb3_av.envs.carla.route import world_to_carla_steer
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 from tests import carla_standin as cs
+
+
+#: A second ego's start on the stand-in's Town01: 30 m ahead of the scenario route's start (road 24, lane -1, s 10 m).
+SECOND_START = (24, -1, 40.0)
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +123,8 @@ def test_left_steer_turns_counter_clockwise_and_is_sent_negative(net):
     sent = [args[1].steer for m, args in server.calls if m == "vehicle.apply_control"]
     assert all(s == pytest.approx(-0.5) for s in sent)
     assert frame.yaw > first.yaw + 0.3  # counter-clockwise in the env's frame
-    assert frame.y > first.y  # and to the left
+    dx, dy = frame.x - first.x, frame.y - first.y
+    assert math.cos(first.yaw) * dy - math.sin(first.yaw) * dx > 1.0  # and to the left of the start heading
     assert frame.speed_ms > 3.0
     assert frame.sim_time_s == pytest.approx(30 * 0.05)
     backend.close()
@@ -130,13 +136,15 @@ def test_route_follows_the_real_map(net):
     backend.reset(seed=0)
     route = backend.route
     pts = route.points
-    assert route.half_lane_width_m == pytest.approx(1.75)
+    assert route.half_lane_width_m == pytest.approx(2.0)  # Town01's 4 m lanes
     seg = np.hypot(*np.diff(pts, axis=0).T)
     assert seg.sum() == pytest.approx(250.0, abs=3.0)
     assert np.all(seg > 0)
-    assert pts[0] == pytest.approx([5.0, -1.75], abs=0.05)  # the right-hand lane, y flipped from CARLA
+    assert pts[0] == pytest.approx([88.40, -218.33], abs=0.05)  # Town01 road 24's right-hand lane, y flipped from CARLA
+    start_heading = math.atan2(*(pts[1] - pts[0])[::-1])
+    assert start_heading == pytest.approx(-math.pi / 2, abs=0.05)  # CARLA +y is the env's -y
     end_heading = math.atan2(*(pts[-1] - pts[-2])[::-1])
-    assert end_heading == pytest.approx(math.pi / 2, abs=0.05)  # after the left turn, heading +y
+    assert end_heading == pytest.approx(0.0, abs=0.05)  # after the left turn, heading +x
     backend.close()
 
 
@@ -311,7 +319,7 @@ def test_settings_are_synchronous_while_open_and_restored_on_close(net):
 def test_settings_restored_by_the_last_env_on_a_shared_server(net):
     server = net.add()
     a = _backend(net, tm_port=8100, npc_vehicles=0, share_server=True)
-    b = _backend(net, tm_port=8101, route_start_index=60, share_server=True)  # two egos need two start points
+    b = _backend(net, tm_port=8101, route_start=SECOND_START, share_server=True)  # two egos need two start points
     a.reset(seed=0)
     b.reset(seed=1)
     assert len(_own(server, a)) == 4 and len(_own(server, b)) == 4 + 5
@@ -331,7 +339,7 @@ def test_a_killed_runs_synchronous_mode_is_not_taken_for_the_original(net):
     assert server.settings.synchronous_mode is True
     killed.conn._claim.release()  # SIGKILL: the kernel drops the locks; nothing is restored, nothing destroyed
     assert server.settings.synchronous_mode is True
-    nxt = _backend(net, tm_port=8101, route_start_index=60)  # the dead run's ego still stands on point 0
+    nxt = _backend(net, tm_port=8101, route_start=SECOND_START)  # the dead run's ego still stands on the route start
     nxt.reset(seed=0)
     nxt.close()
     assert server.settings.synchronous_mode is False  # the user's settings, not the dead run's
@@ -531,7 +539,7 @@ def test_refused_request_in_step_is_not_taken_for_a_lost_server(net):
 
 def _block_start(server: cs.StandinServer, backend: CarlaBackend) -> cs.StandinActor:
     """A foreign vehicle on the ego's start point."""
-    start = backend.conn.map.get_spawn_points()[backend.config.route_start_index]
+    start = spawn_transform(start_waypoint(backend.conn.map, backend.config.start))
     bp = cs.StandinBlueprint("vehicle.audi.a2", role_name="someone_else", number_of_wheels="4")
     return server._add(cs.StandinVehicle, bp, start, None)
 
@@ -549,7 +557,7 @@ def test_briefly_blocked_start_is_retried_after_a_tick(net, monkeypatch):
     monkeypatch.setattr(server, "_tick", tick_then_drive_off)
     frame = backend.reset(seed=0)
     assert server.count("world.try_spawn_actor") == 2
-    assert frame.x == pytest.approx(5.0, abs=0.1) and len(_own(server, backend)) == 4 + 5
+    assert (frame.x, frame.y) == pytest.approx((88.40, -218.33), abs=0.1) and len(_own(server, backend)) == 4 + 5
     backend.close()
     assert server.violations == []
 
@@ -559,7 +567,8 @@ def test_blocked_start_fails_with_a_clear_error_and_no_reconnect(net):
     backend = _backend(net, reconnect_backoff_s=5.0)
     blocker = _block_start(server, backend)
     clients_before = len(net.clients)
-    with pytest.raises(CarlaBackendError, match=r"spawn point 0 .* blocked .* 3 tries.*another route_start_index"):
+    blocked = r"Town01 scenario route's start \(road 24, lane -1, s 10 m\).* blocked .* 3 tries"
+    with pytest.raises(CarlaBackendError, match=blocked + r".*another start \(route_start or route_start_index\)"):
         backend.reset(seed=0)
     assert server.count("world.try_spawn_actor") == 3 and len(net.clients) == clients_before
     assert _own(server, backend) == [] and blocker.is_alive
@@ -706,7 +715,7 @@ def test_actors_of_a_killed_run_are_swept_by_the_next_run_on_that_server(net):
     left = _own(server, killed)
     assert len(left) == 4 + 5
     killed.conn._claim.release()  # SIGKILL: the kernel drops the locks; nothing is destroyed
-    other = _backend(net, tm_port=8001, share_server=True, route_start_index=60)  # another TM port: not a dead run's
+    other = _backend(net, tm_port=8001, share_server=True, route_start=SECOND_START)  # another TM port: not a dead run's
     n_other = other.reset(seed=0).extra["npc_vehicles"]
     nxt = _backend(net, share_server=True)  # the next run with the dead run's TM port
     assert nxt.uid != killed.uid

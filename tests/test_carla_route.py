@@ -17,9 +17,10 @@ import carla
 import numpy as np
 import pytest
 
-from sb3_av.envs.carla import CarlaBackendError, CarlaConfig
+from sb3_av.envs.carla import CarlaBackendError, CarlaConfig, make_carla_env
 from sb3_av.envs.carla.backend import CarlaBackend
 from sb3_av.envs.carla.route import (
+    SCENARIO_ROUTES,
     TOWN01_ROUTE,
     CarlaRouteError,
     RouteStart,
@@ -229,18 +230,17 @@ def test_route_start_config_is_validated():
 
 
 def test_backend_starts_the_route_and_the_ego_at_route_start(monkeypatch, tmp_path):
-    """On the stand-in's one-road map: the route and the ego start at road 1, lane -1, s 60 m."""
+    """On the stand-in's one-road map (a town other than Town01): the route and the ego start at road 1, lane -1, s 60 m."""
     monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
-    if not hasattr(cs.StandinMap, "get_waypoint_xodr"):  # the real Map has it; the stand-in may not yet
-        monkeypatch.setattr(
-            cs.StandinMap,
-            "get_waypoint_xodr",
-            lambda self, road, lane, s: self._map.get_waypoint_xodr(road, lane, s),
-            raising=False,
-        )
     net = cs.StandinNetwork()
-    net.add()
-    values = {"npc_vehicles": 0, "max_reconnects": 0, "sensor_timeout_s": 0.2, "route_start": (1, -1, 60.0)}
+    net.add(town="Town02")
+    values = {
+        "town": "Town02",
+        "npc_vehicles": 0,
+        "max_reconnects": 0,
+        "sensor_timeout_s": 0.2,
+        "route_start": (1, -1, 60.0),
+    }
     backend = CarlaBackend(values, client_factory=net.client_factory, carla_module=cs.standin_carla)
     try:
         frame = backend.reset(seed=0)
@@ -256,3 +256,79 @@ def test_backend_starts_the_route_and_the_ego_at_route_start(monkeypatch, tmp_pa
             bad.reset(seed=0)
     finally:
         bad.close()
+
+
+def test_the_town01_scenario_route_is_the_default_start():
+    assert CarlaConfig().start == TOWN01_ROUTE.start == RouteStart(24, -1, 10.0)
+    assert CarlaConfig().junction_choices == TOWN01_ROUTE.junction_choices
+    assert CarlaConfig().route_length_m == TOWN01_ROUTE.length_m
+    assert SCENARIO_ROUTES == {"Town01": TOWN01_ROUTE}
+    assert CarlaConfig(route_start_index=7).start == 7  # a spawn point, when asked for
+    assert CarlaConfig(route_start=(5, -1, 3.0), route_start_index=7).start == RouteStart(5, -1, 3.0)
+    assert CarlaConfig(town="Town02").start == 0  # a town without a scenario route: spawn point 0
+    with pytest.raises(ValueError, match="route_start_index must be None or an integer >= 0"):
+        CarlaConfig(route_start_index=-1)
+
+
+def test_a_scenario_env_on_town01_drives_the_route_planned_offline(town01, monkeypatch, tmp_path):
+    """CarlaScenario0-v0 on the stand-in's real Town01: the route planned offline, the ego spawned at its start."""
+    monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
+    cs.reset_process_state()
+    offline = route_spec(
+        plan_route(
+            start_waypoint(town01, TOWN01_ROUTE.start), TOWN01_ROUTE.length_m, STEP_M, TOWN01_ROUTE.junction_choices
+        ).waypoints
+    )
+    net = cs.StandinNetwork()
+    server = net.add()
+    assert server.town == "Town01" and server.map.name == "Carla/Maps/Town01"
+    env = make_carla_env(
+        "CarlaScenario0",
+        client_factory=net.client_factory,
+        carla_module=cs.standin_carla,
+        npc_vehicles=0,
+        sensor_timeout_s=0.2,
+    )
+    try:
+        env.reset(seed=0)
+        route = env.unwrapped.backend.route
+        assert route.points.shape == offline.points.shape
+        np.testing.assert_allclose(route.points, offline.points, atol=1e-6)
+        assert route.half_lane_width_m == pytest.approx(offline.half_lane_width_m)
+        ego = next(a for a in server.alive("vehicle.") if a.attributes["role_name"].endswith(":ego"))
+        spawned = ego.get_transform()
+        expected = spawn_transform(start_waypoint(town01, TOWN01_ROUTE.start))
+        assert spawned.location.distance(expected.location) < 1e-3  # on the start waypoint, 0.5 m above the road
+        assert spawned.location.z == pytest.approx(0.5, abs=1e-3)
+        assert spawned.rotation.yaw == pytest.approx(expected.rotation.yaw, abs=1e-3)
+    finally:
+        env.close()
+    assert server.violations == []
+
+
+def test_a_spawn_point_start_whose_junction_lacks_the_choice_is_a_clear_error(town01, monkeypatch, tmp_path):
+    """Asked for a spawn point (another town's way to start), a junction without the choice names both."""
+    monkeypatch.setenv("SB3_AV_CARLA_LOCK_DIR", str(tmp_path / "locks"))
+    cs.reset_process_state()
+    net = cs.StandinNetwork()
+    server = net.add()
+    points = server.map.get_spawn_points()
+    index = None
+    for i, p in enumerate(points):  # the first spawn point whose first junction offers no left (independent check)
+        approach, branches = _walk_to_junction(town01.get_waypoint(p.location))
+        if "left" not in {_side_of_exit(approach, b) for b in branches}:
+            index, junction = i, branches[0].get_junction().id
+            break
+    assert index is not None
+    values = {"npc_vehicles": 0, "max_reconnects": 0, "sensor_timeout_s": 0.2, "route_start_index": index}
+    values["route_length_m"] = 1000.0  # reaches the first junction from anywhere on Town01
+    backend = CarlaBackend(values, client_factory=net.client_factory, carla_module=cs.standin_carla)
+    try:
+        with pytest.raises(CarlaRouteError) as err:
+            backend.reset(seed=0)
+    finally:
+        backend.close()
+    msg = str(err.value)
+    assert msg.startswith(f"The route on Town01 from spawn point {index} (route_start_index) cannot be planned")
+    assert f"Junction {junction} reached from" in msg and "no 'left' exit" in msg and "junction_choices" in msg
+    assert server.alive("vehicle.") == []  # nothing spawned

@@ -12,10 +12,12 @@ The crash case restarts the server's docker container mid-run (``docker restart`
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +96,32 @@ def test_three_episodes_leave_the_world_as_they_found_it(client):
     assert restored.fixed_delta_seconds == original.fixed_delta_seconds
 
 
+def test_the_scenario_route_is_town01s_route_planned_offline(client):
+    """CarlaScenario0's default route on the server's Town01 equals the one planned on the shipped OpenDRIVE file."""
+    carla = pytest.importorskip("carla")
+    from sb3_av.envs.carla import make_carla_env
+    from sb3_av.envs.carla.route import TOWN01_ROUTE, carla_to_world_xy, plan_route, route_spec, start_waypoint
+
+    xodr = gzip.open(Path(__file__).parent / "data" / "carla" / "Town01.xodr.gz", "rt").read()
+    offline_map = carla.Map("Carla/Maps/Town01", xodr)
+    start = start_waypoint(offline_map, TOWN01_ROUTE.start)
+    offline = route_spec(plan_route(start, TOWN01_ROUTE.length_m, 2.0, TOWN01_ROUTE.junction_choices).waypoints)
+    env = make_carla_env("CarlaScenario0", host=HOST, port=PORT, max_steps=20, npc_vehicles=0)
+    try:
+        env.reset(seed=0)
+        route = env.backend.route
+        assert route.points.shape == offline.points.shape
+        assert np.abs(route.points - offline.points).max() < 0.05
+        egos = [a for a in _ours(client) if a.attributes["role_name"].endswith(":ego")]
+        assert len(egos) == 1
+        loc = egos[0].get_transform().location
+        ego_xy = np.array(carla_to_world_xy(loc.x, loc.y))
+        assert np.hypot(*(ego_xy - route.points[0])) < 0.5  # spawned on the route's first point
+    finally:
+        env.close()
+    assert _ours(client) == []
+
+
 def test_server_version_matches_the_client(client):
     assert client.get_server_version().split("-")[0] == client.get_client_version().split("-")[0] == "0.9.16"
 
@@ -103,7 +131,7 @@ def test_two_envs_on_one_server_use_separate_traffic_managers(client):
 
     shared = {"host": HOST, "port": PORT, "npc_vehicles": 5, "max_steps": 20, "share_server": True}
     a = make_carla_env("CarlaScenario0", **shared)
-    b = make_carla_env("CarlaScenario0", tm_port=PORT + 6001, route_start_index=10, **shared)
+    b = make_carla_env("CarlaScenario0", tm_port=PORT + 6001, route_start=(24, -1, 40.0), **shared)  # 30 m ahead of a
     try:
         assert a.backend.info["tm_port"] == PORT + 6000 and b.backend.info["tm_port"] == PORT + 6001
         a.reset(seed=0)

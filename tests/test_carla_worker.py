@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sb3_av.envs.carla import CarlaBackendError, CarlaConnectionError, make_carla_env
+from sb3_av.envs.carla import CarlaBackendError, CarlaConnectionError, CarlaRouteError, make_carla_env
 from sb3_av.envs.carla.worker import CLIENT_MODULE_ENV
 from tests import carla_standin_remote as remote
 
@@ -119,6 +119,26 @@ def test_env_runs_in_its_own_worker_process(servers):
     assert server.control("settings") == {"synchronous_mode": True, "fixed_delta_seconds": 0.05, "no_rendering_mode": False}
     env.close()
     assert not _alive(pid)
+    _assert_clean(server)
+
+
+def test_the_default_route_is_town01s_and_a_route_error_crosses_the_worker(servers):
+    """The worker plans Town01's scenario route; a junction choice it lacks is a CarlaRouteError in the trainer."""
+    server = servers()
+    env = _env(server, npc_vehicles=0)
+    env.reset(seed=0)
+    assert env.backend.route.points[0] == pytest.approx([88.40, -218.33], abs=0.01)  # road 24, lane -1, s 10 m
+    env.close()
+    bad = _env(server, npc_vehicles=0, junction_choices=["straight"])
+    try:
+        with pytest.raises(
+            CarlaRouteError,
+            match=r"^The route on Town01 from the Town01 scenario route's start .*"
+            r"Junction 87 reached from road 24 lane -1 .* no 'straight' exit",
+        ):
+            bad.reset(seed=0)
+    finally:
+        bad.close()
     _assert_clean(server)
 
 
@@ -291,7 +311,7 @@ def test_one_env_per_server_unless_shared(servers):
         _env(server, tm_port=server.port + 6001)
     first.close()
     a = _env(server, share_server=True)
-    b = _env(server, share_server=True, tm_port=server.port + 6001, route_start_index=60)
+    b = _env(server, share_server=True, tm_port=server.port + 6001, route_start=(24, -1, 40.0))  # 30 m ahead of a
     a.reset(seed=0)
     b.reset(seed=0)
     _go(a, 2)

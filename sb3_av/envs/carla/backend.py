@@ -36,7 +36,7 @@ from sb3_av.envs.carla.config import CarlaConfig
 from sb3_av.envs.carla.connection import CarlaConnection
 from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaSensorTimeout
 from sb3_av.envs.carla.route import build_route, carla_to_world_xy, carla_to_world_yaw, route_spec, world_to_carla_steer
-from sb3_av.envs.carla.route import RouteStart, spawn_transform, start_waypoint
+from sb3_av.envs.carla.route import CarlaRouteError, RouteStart, spawn_transform, start_waypoint
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 
 __all__ = ["CarlaBackend", "import_carla"]
@@ -278,10 +278,11 @@ class CarlaBackend(DrivingBackend):
         if ego is None:
             loc = self._start_transform.location
             raise CarlaBackendError(
-                f"Could not spawn the ego at spawn point {self.config.route_start_index} ({loc.x:.1f}, {loc.y:.1f}) "
+                f"Could not spawn the ego at {self._start_name()}, CARLA ({loc.x:.1f}, {loc.y:.1f}), "
                 f"on {conn.address}: the spot stayed blocked by an actor this env does not own over "
-                f"{_EGO_SPAWN_TRIES} tries, one world tick apart. Choose another route_start_index, use fewer "
-                "npc_vehicles (of another env on this server), or clear the world of other clients' actors."
+                f"{_EGO_SPAWN_TRIES} tries, one world tick apart. Choose another start (route_start or "
+                "route_start_index), use fewer npc_vehicles (of another env on this server), or clear the world of "
+                "other clients' actors."
             )
         self._ego = ego
 
@@ -376,25 +377,39 @@ class CarlaBackend(DrivingBackend):
         conn = self.conn
         if self._route_generation == conn.generation and self._route is not None:
             return
-        if self.config.route_start is not None:  # OpenDRIVE (road, lane, s): the same start on a server and offline
-            start_wp = start_waypoint(conn.map, RouteStart(*self.config.route_start))
+        origin = self.config.start
+        if isinstance(origin, RouteStart):  # OpenDRIVE (road, lane, s): the same start on a server and offline
+            start_wp = start_waypoint(conn.map, origin)
             start = spawn_transform(start_wp)
         else:
             spawn_points = conn.map.get_spawn_points()
-            index = self.config.route_start_index
-            if not 0 <= index < len(spawn_points):
+            if not 0 <= origin < len(spawn_points):
                 raise CarlaBackendError(
-                    f"route_start_index {index} is out of range: {self.config.town} on {conn.address} "
+                    f"route_start_index {origin} is out of range: {self.config.town} on {conn.address} "
                     f"has {len(spawn_points)} spawn points"
                 )
-            start = spawn_points[index]
+            start = spawn_points[origin]
             start_wp = conn.map.get_waypoint(start.location, project_to_road=True, lane_type=self._carla.LaneType.Driving)
-        self._route_waypoints = build_route(
-            start_wp, self.config.route_length_m, self.config.route_step_m, self.config.junction_choices
-        )
+        try:
+            self._route_waypoints = build_route(
+                start_wp, self.config.route_length_m, self.config.route_step_m, self.config.junction_choices
+            )
+        except CarlaRouteError as exc:
+            raise CarlaRouteError(
+                f"The route on {self.config.town} from {self._start_name()} cannot be planned: {exc} "
+                "(env kwargs route_start=(road, lane, s) or route_start_index, and junction_choices)"
+            ) from exc
         self._route = route_spec(self._route_waypoints)
         self._start_transform = start
         self._route_generation = conn.generation
+
+    def _start_name(self) -> str:
+        """The route's start as the user set it (for messages): the OpenDRIVE start or the spawn point."""
+        origin = self.config.start
+        if isinstance(origin, RouteStart):
+            how = "route_start" if self.config.route_start is not None else f"the {self.config.town} scenario route's start"
+            return f"{how} (road {origin.road_id}, lane {origin.lane_id}, s {origin.s_m:g} m)"
+        return f"spawn point {origin} (route_start_index)"
 
     def _spawn_npcs(self, library: Any, rng: np.random.Generator) -> None:
         n = self.config.npc_vehicles
@@ -517,9 +532,9 @@ class CarlaBackend(DrivingBackend):
         else:
             hint = (
                 "If a spawn was refused (e.g. 'collision at spawn position'), the spot is blocked: choose another "
-                "route_start_index, use fewer npc_vehicles, or clear the world of other clients' actors. If a "
-                "blueprint or one of its attributes was refused, check ego_blueprint, camera_size and camera_fov_deg "
-                f"against what this CARLA {CARLA_VERSION} server offers."
+                "start (route_start or route_start_index), use fewer npc_vehicles, or clear the world of other "
+                "clients' actors. If a blueprint or one of its attributes was refused, check ego_blueprint, "
+                f"camera_size and camera_fov_deg against what this CARLA {CARLA_VERSION} server offers."
             )
         return CarlaBackendError(
             f"{call} failed on the CARLA server {self.conn.address} while {self._stage or 'talking to the server'}: "

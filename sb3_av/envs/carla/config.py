@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sb3_av._checks import is_finite_number, is_int
+from sb3_av.envs.carla.route import SCENARIO_ROUTES, RouteStart
 
 __all__ = ["TM_PORT_OFFSET", "CarlaConfig", "parse_server", "server_for_rank"]
 
@@ -75,10 +76,13 @@ class CarlaConfig:
     :param camera_fov_deg: horizontal field of view of the camera (degrees).
     :param ego_blueprint: blueprint id of the ego vehicle.
     :param route_start_index: index into ``Map.get_spawn_points()`` of the ego's start (the route's start);
-        used only when ``route_start`` is None.
+        used only when ``route_start`` is None. None (default): the town's scenario route start (see
+        ``route_start``), or spawn point 0 on a town without one.
     :param route_start: OpenDRIVE ``(road_id, lane_id, s)`` (s in m) of the route's start: the ego spawns on
-        that waypoint, 0.5 m above it. None: the spawn point ``route_start_index``. The Town01 scenario
-        route (:data:`sb3_av.envs.carla.route.TOWN01_ROUTE`) is ``(24, -1, 10.0)`` with ``("left",)``.
+        that waypoint, 0.5 m above it. None (default): on a town with a scenario route
+        (:data:`sb3_av.envs.carla.route.SCENARIO_ROUTES`; Town01: :data:`~sb3_av.envs.carla.route.TOWN01_ROUTE`,
+        ``(24, -1, 10.0)`` with ``("left",)``, 251 m) that route's start, unless ``route_start_index`` is given;
+        on another town the spawn point ``route_start_index`` (default 0). See :attr:`start`.
     :param route_length_m: route length (m) along the map's waypoints.
     :param route_step_m: waypoint spacing (m) of the route polyline.
     :param junction_choices: the branch taken at each junction in turn (``"left"``, ``"right"``,
@@ -116,7 +120,7 @@ class CarlaConfig:
     camera_size: int = 84
     camera_fov_deg: float = 90.0
     ego_blueprint: str = "vehicle.tesla.model3"
-    route_start_index: int = 0
+    route_start_index: int | None = None
     route_start: tuple[int, int, float] | None = None
     route_length_m: float = 250.0
     route_step_m: float = 2.0
@@ -179,6 +183,20 @@ class CarlaConfig:
         return 3.0 * self.timeout_s + self.sensor_timeout_s + 5.0
 
     @property
+    def start(self) -> RouteStart | int:
+        """Where the route (and the ego) starts: an OpenDRIVE :class:`RouteStart`, or a spawn point index.
+
+        ``route_start`` if given; else ``route_start_index`` if given; else the scenario route of ``town``
+        (:data:`~sb3_av.envs.carla.route.SCENARIO_ROUTES`, e.g. Town01's road 24, lane -1, s 10 m); else spawn point 0.
+        """
+        if self.route_start is not None:
+            return RouteStart(*self.route_start)
+        if self.route_start_index is not None:
+            return self.route_start_index
+        scenario = SCENARIO_ROUTES.get(self.town)
+        return scenario.start if scenario is not None else 0
+
+    @property
     def server(self) -> tuple[str, int]:
         """``(host, port)`` of the (first candidate) server."""
         return self.candidates()[0][:2]
@@ -224,10 +242,12 @@ def _check_numbers(cfg: CarlaConfig) -> None:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if cfg.rank is not None and (not is_int(cfg.rank) or cfg.rank < 0):
         raise ValueError(f"rank must be None or an integer >= 0, got {cfg.rank!r}")
-    for name in ("max_reconnects", "npc_vehicles", "route_start_index"):
+    for name in ("max_reconnects", "npc_vehicles"):
         value = getattr(cfg, name)
         if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if cfg.route_start_index is not None and (not is_int(cfg.route_start_index) or cfg.route_start_index < 0):
+        raise ValueError(f"route_start_index must be None or an integer >= 0, got {cfg.route_start_index!r}")
     if not is_int(cfg.camera_size) or cfg.camera_size < 16:
         raise ValueError(f"camera_size must be an integer >= 16 pixels, got {cfg.camera_size!r}")
     if cfg.seed is not None and (not is_int(cfg.seed) or cfg.seed < 0):

@@ -6,6 +6,7 @@ __all__ = [
     "CarlaBackendError",
     "CarlaConnectionError",
     "CarlaError",
+    "CarlaRouteError",
     "CarlaSensorTimeout",
     "CarlaServerRestarted",
     "CarlaVersionError",
@@ -67,6 +68,10 @@ class CarlaVersionError(CarlaError):
 
 class CarlaBackendError(CarlaError):
     """A setting or a world state that the backend cannot work with (bad town, occupied start, port clash)."""
+
+
+class CarlaRouteError(CarlaBackendError):
+    """The route cannot be planned: a junction lacks the requested exit, or the start is not on the map."""
 
 
 class CarlaSensorTimeout(CarlaError):

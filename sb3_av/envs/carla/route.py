@@ -12,7 +12,8 @@ the junction, and takes the exit the next choice names. A choice the junction do
 map object, a server's ``world.get_map()`` or an offline ``carla.Map(name, xodr_text)`` (the PyPI client has
 no ``agents`` package, so no ``GlobalRoutePlanner``).
 
-:data:`TOWN01_ROUTE` is the scenario route on Town01, defined by its OpenDRIVE start (road, lane, s).
+:data:`TOWN01_ROUTE` is the scenario route on Town01, defined by its OpenDRIVE start (road, lane, s);
+:data:`SCENARIO_ROUTES` holds it by town, and is where the env takes its default start from.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from sb3_av.envs.backend import RouteSpec
-from sb3_av.envs.carla.errors import CarlaBackendError
+from sb3_av.envs.carla.errors import CarlaBackendError, CarlaRouteError
 from sb3_av.envs.route import wrap_angle
 
 __all__ = [
     "JUNCTION_CHOICES",
+    "SCENARIO_ROUTES",
     "TOWN01_ROUTE",
     "CarlaRouteError",
     "JunctionExit",
@@ -55,10 +57,6 @@ _STRAIGHT_MAX_RAD = math.radians(45.0)  # |heading change| through a junction up
 _U_TURN_MIN_RAD = math.radians(135.0)  # |heading change| above this: a U-turn (never chosen)
 _IDEAL_TURN_RAD = {"left": math.pi / 2, "right": -math.pi / 2, "straight": 0.0}
 _MAX_JUNCTION_M = 300.0  # a lane still inside a junction after this far is a map error, not a junction
-
-
-class CarlaRouteError(CarlaBackendError):
-    """The route cannot be planned: a junction lacks the requested exit, or the start is not on the map."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +95,10 @@ class RouteDefinition:
 TOWN01_ROUTE = RouteDefinition(
     town="Town01", start=RouteStart(road_id=24, lane_id=-1, s_m=10.0), junction_choices=("left",), length_m=250.0
 )
+
+#: The scenario route of each town that has one, by town name. A ``CarlaScenario*-v0`` env on such a town starts
+#: there unless ``route_start`` or ``route_start_index`` says otherwise (see :class:`~sb3_av.envs.carla.CarlaConfig`).
+SCENARIO_ROUTES: dict[str, RouteDefinition] = {TOWN01_ROUTE.town: TOWN01_ROUTE}
 
 
 @dataclass(frozen=True)
@@ -350,5 +352,7 @@ def route_spec(waypoints: Sequence[Any]) -> RouteSpec:
         if math.hypot(p[0] - kept[-1][0], p[1] - kept[-1][1]) > 1e-3:
             kept.append(p)
     if len(kept) < 2:
-        raise CarlaBackendError("The route's waypoints all coincide; choose another route_start_index or route_length_m")
+        raise CarlaBackendError(
+            "The route's waypoints all coincide; choose another start (route_start, route_start_index) or route_length_m"
+        )
     return RouteSpec(points=np.asarray(kept, dtype=np.float64), half_lane_width_m=float(waypoints[0].lane_width) / 2.0)
