@@ -7,7 +7,7 @@ episodes (seeds 20000, ...) every ``--curve-every`` steps. The PID + pure-pursui
 episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.png`` (curves).
 
 - ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`, equal to the
-  ``LiteScenario*`` blocks of ``configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where the
+  ``LiteScenario*`` blocks of ``sb3_av/configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where the
   CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
   frame-stack replay buffer, a training reward with an
   over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`, weight 1) scaled by 0.1, Gaussian action
