@@ -246,7 +246,6 @@ class CarlaBackend(DrivingBackend):
             raise RuntimeError("This CarlaBackend is closed; make a new env")
 
     def _reset_once(self, seed: int | None) -> Frame:
-        carla = self._carla
         conn = self.conn
         self._episode_ready = False
         self._stage = "destroying the previous episode's actors"
@@ -265,27 +264,41 @@ class CarlaBackend(DrivingBackend):
         world = conn.world
         library = world.get_blueprint_library()
 
+        self._ego = self._spawn_ego(world, library)
+        self._attach_sensors(world, library, self._ego)
+        self._stage = f"spawning {self.config.npc_vehicles} NPC vehicles"
+        self._spawn_npcs(library, rng)
+        frame_id, image = self._first_image(world)
+        self._start_frame = frame_id
+        self._collisions.take(frame_id)  # contacts while settling on the ground are not the agent's
+        self._lane_invasions.take(frame_id)
+        self._episode_ready = True
+        return self._frame(frame_id, image, collisions=[], lane_invasions=[])
+
+    def _spawn_ego(self, world: Any, library: Any) -> Any:
+        """Spawn the ego at the route's start, ticking between tries while another actor blocks the spot."""
+        conn = self.conn
         self._stage = f"spawning the ego ({self.config.ego_blueprint})"
         ego_bp = self._find_blueprint(library, self.config.ego_blueprint)
         self._tag_blueprint(ego_bp, "ego")
-        ego = None
         for attempt in range(_EGO_SPAWN_TRIES):
             if attempt:  # a vehicle passing over the start point may have moved on after a tick
                 world.tick(self.config.timeout_s)
             ego = world.try_spawn_actor(ego_bp, self._start_transform)
             if ego is not None:
-                break
-        if ego is None:
-            loc = self._start_transform.location
-            raise CarlaBackendError(
-                f"Could not spawn the ego at {self._start_name()}, CARLA ({loc.x:.1f}, {loc.y:.1f}), "
-                f"on {conn.address}: the spot stayed blocked by an actor this env does not own over "
-                f"{_EGO_SPAWN_TRIES} tries, one world tick apart. Choose another start (route_start or "
-                "route_start_index), use fewer npc_vehicles (of another env on this server), or clear the world of "
-                "other clients' actors."
-            )
-        self._ego = ego
+                return ego
+        loc = self._start_transform.location
+        raise CarlaBackendError(
+            f"Could not spawn the ego at {self._start_name()}, CARLA ({loc.x:.1f}, {loc.y:.1f}), "
+            f"on {conn.address}: the spot stayed blocked by an actor this env does not own over "
+            f"{_EGO_SPAWN_TRIES} tries, one world tick apart. Choose another start (route_start or "
+            "route_start_index), use fewer npc_vehicles (of another env on this server), or clear the world of "
+            "other clients' actors."
+        )
 
+    def _attach_sensors(self, world: Any, library: Any, ego: Any) -> None:
+        """The camera, collision and lane-invasion sensors on the ego, each feeding its frame-matched queue."""
+        carla = self._carla
         self._camera = FrameQueue("camera")
         self._collisions = EventQueue("collision")
         self._lane_invasions = EventQueue("lane_invasion")
@@ -309,26 +322,22 @@ class CarlaBackend(DrivingBackend):
             self._sensors.append(sensor)
             sensor.listen(sink)
 
-        self._stage = f"spawning {self.config.npc_vehicles} NPC vehicles"
-        self._spawn_npcs(library, rng)
+    def _first_image(self, world: Any) -> tuple[int, Any]:
+        """Tick until the camera delivers the image of the ticked frame (at most ``_FIRST_IMAGE_TICKS`` ticks).
 
+        :return: (frame id, image).
+        """
         self._stage = "ticking the world after the spawns"
         world.tick(self.config.timeout_s)  # the sensors' streams settle; the image of this frame may be lost
-        image = None
         for k in range(_FIRST_IMAGE_TICKS):
             frame_id = world.tick(self.config.timeout_s)
             try:
-                image = self._camera.get(frame_id, self.config.sensor_timeout_s)
-                break
+                return frame_id, self._camera.get(frame_id, self.config.sensor_timeout_s)
             except CarlaSensorTimeout:
                 if k == _FIRST_IMAGE_TICKS - 1:
                     raise
-                logger.info("No first camera image for frame %d on %s yet; ticking again", frame_id, conn.address)
-        self._start_frame = frame_id
-        self._collisions.take(frame_id)  # contacts while settling on the ground are not the agent's
-        self._lane_invasions.take(frame_id)
-        self._episode_ready = True
-        return self._frame(frame_id, image, collisions=[], lane_invasions=[])
+                logger.info("No first camera image for frame %d on %s yet; ticking again", frame_id, self.conn.address)
+        raise AssertionError("unreachable: the last tick either returns or raises")
 
     def _step_once(self, steer: float, throttle: float, brake: float) -> Frame:
         control = self._carla.VehicleControl(
