@@ -12,8 +12,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["OneLineErrorParser", "main"]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (no usage text) and exit status 2, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 #: subcommand -> (module, arguments function, run function, help)
 _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -53,7 +61,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser; only the subcommand named in ``argv`` imports its module to add its arguments."""
-    parser = argparse.ArgumentParser(prog="sb3-av", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="sb3-av", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)

@@ -701,3 +701,14 @@ def test_checkpoint_callback_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     ], "no partial files left"
     assert signal.getsignal(signal.SIGINT) is before, "handlers restored after learn()"
     assert TD3.load(tmp_path / "rl_model_30_steps.zip").num_timesteps == 30
+
+
+@pytest.mark.parametrize("argv", [["train", "--bogus"], ["record", "--bogus"], ["evaluate", "-n", "x"], []])
+def test_sb3_av_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from sb3_av.cli import main as sb3_av_main
+
+    with pytest.raises(SystemExit) as exc:
+        sb3_av_main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and err.endswith("(see --help)\n")

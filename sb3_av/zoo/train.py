@@ -23,6 +23,7 @@ import numpy as np
 
 from sb3_av.compute import default_torch_threads, set_torch_threads
 from sb3_av.algorithms import ALGO_NAMES
+from sb3_av.cli import OneLineErrorParser
 from sb3_av.zoo.config import ConfigError, parse_override_value
 from sb3_av.zoo.exp_manager import TrainError
 from sb3_av.zoo.run_folder import resolve_model_path
@@ -57,13 +58,6 @@ class _Unsupported(argparse.Action):
         parser.error(f"{option_string} is not supported by sb3-av; use -tb for TensorBoard")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser whose usage errors are one line (no usage text), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
 def _bool(text: str) -> bool:
     """``true/false``, ``1/0``, ``yes/no`` (rl-zoo's ``type=bool`` reads any non-empty text, even "False", as True)."""
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
@@ -77,7 +71,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
     :param prog: the program name in messages.
     """
-    parser = _Parser(prog=prog, description=_DESCRIPTION.format(prog=prog))
+    parser = OneLineErrorParser(prog=prog, description=_DESCRIPTION.format(prog=prog))
     add_train_arguments(parser)
     return parser
 
