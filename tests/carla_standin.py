@@ -46,6 +46,7 @@ import itertools
 import math
 import os
 import random
+import socket
 import threading
 import time
 import types
@@ -1020,3 +1021,20 @@ def api_mismatches() -> list[str]:
                 kind = "a property" if real_is_property else "a method"
                 problems.append(f"{cls.__name__}.{name}: in carla.{real.__name__} it is {kind}")
     return problems
+
+
+def free_port(step: int = 1) -> int:
+    """A closed loopback port in 20000..40000 for a stand-in server, so that its Traffic Manager port (+6000) is valid
+    too (the OS's ephemeral ports can be above 59535).
+
+    :param step: ports are drawn from ``range(20000, 40000, step)``: 10 leaves the nine above each one free for
+        tests that need a few neighbouring servers.
+    """
+    for port in random.Random().sample(range(20000, 40000, step), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..40000")

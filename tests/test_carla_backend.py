@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -61,18 +59,6 @@ def _own(server: cs.StandinServer, backend: CarlaBackend) -> list:
     """Actors carrying the backend's tag, or attached to one that does."""
     tagged = [a for a in server.alive() if a.attributes.get("role_name", "").startswith(backend.tag + ":")]
     return tagged
-
-
-def _free_port() -> int:
-    """A closed port whose Traffic Manager port (+6000) is valid too: the OS's ephemeral ports can be above 59535."""
-    for port in random.Random().sample(range(20000, 40000), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000..40000")
 
 
 # ---------------------------------------------------------------------------------------------- fidelity
@@ -583,7 +569,7 @@ def test_version_mismatch_is_refused(net):
 
 # ---------------------------------------------------------------------------------------------- unreachable server
 def test_unreachable_server_fails_within_the_connect_timeout_with_a_clear_message():
-    port = _free_port()
+    port = cs.free_port()
     t0 = time.monotonic()
     with pytest.raises(CarlaConnectionError) as err:
         CarlaBackend({"port": port, "connect_timeout_s": 1.0})  # the real carla.Client
@@ -600,7 +586,7 @@ def test_gym_make_with_no_server_fails_the_same_way():
     from sb3_av.envs import register_envs
 
     register_envs()
-    port = _free_port()
+    port = cs.free_port()
     t0 = time.monotonic()
     with pytest.raises(CarlaConnectionError, match=f"127.0.0.1:{port}"):
         gym.make("CarlaScenario0-v0", port=port, connect_timeout_s=1.0)

@@ -11,9 +11,7 @@ goes on; no actor is leaked; the world's settings are restored and the Traffic M
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ import pytest
 from sb3_av.envs.carla import CarlaBackendError, CarlaConnectionError, CarlaRouteError, make_carla_env
 from sb3_av.envs.carla.worker import CLIENT_MODULE_ENV
 from tests import carla_standin_remote as remote
+from tests.carla_standin import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N_EPISODE_ACTORS = 1 + 3 + 3  # ego, camera, collision, lane invasion, 3 NPCs
@@ -40,18 +39,6 @@ FAST = {
 }
 
 
-def _free_port() -> int:
-    """A free port whose neighbours and TM port (+6000) are usable too."""
-    for port in random.Random().sample(range(20000, 40000, 10), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000..40000")
-
-
 @pytest.fixture(autouse=True)
 def _standin_client(tmp_path, monkeypatch):
     monkeypatch.setenv(CLIENT_MODULE_ENV, "tests.carla_standin_remote")
@@ -63,7 +50,7 @@ def servers():
     started: list[remote.StandinProcess] = []
 
     def start(tick_s: float = 0.0) -> remote.StandinProcess:
-        server = remote.StandinProcess(_free_port(), tick_s=tick_s).start()
+        server = remote.StandinProcess(free_port(step=10), tick_s=tick_s).start()
         started.append(server)
         return server
 
