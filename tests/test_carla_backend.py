@@ -796,3 +796,20 @@ def test_frame_queue_takes_an_image_that_arrives_after_a_newer_one():
     assert q.get(10, timeout_s=1.0).frame == 10
     assert q.get(11, timeout_s=0.01).frame == 11  # the newer one was kept for its own step
     assert q.stale_dropped == 0
+
+
+def test_one_server_under_two_names_is_one_server_for_the_claims() -> None:
+    from sb3_av.envs.carla.connection import _Claim
+
+    first = _Claim("localhost", 2000, 8000)
+    second = _Claim("127.0.0.1", 2000, 8001)  # the same server by address, another TM port
+    other = _Claim("127.0.0.1", 3000, 8002)  # another server
+    try:
+        assert first.acquire()
+        assert not second.acquire()  # one env per server: the name does not make it another server
+        assert other.acquire()
+        first.release()
+        assert second.acquire()
+    finally:
+        for claim in (first, second, other):
+            claim.release()

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +62,15 @@ def _safe(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", host)
 
 
+def _server_address(host: str) -> str:
+    """The address that names a server in the lock files: a host name resolved to its IPv4 address, so that
+    ``localhost`` and ``127.0.0.1`` are one server (the name itself when it does not resolve)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
 class _Claim:
     """Exclusive ``flock`` s (released on close or process exit) on this machine.
 
@@ -70,7 +80,7 @@ class _Claim:
     """
 
     def __init__(self, host: str, port: int, tm_port: int) -> None:
-        self.server_prefix = f"srv_{_safe(host)}_{port}."
+        self.server_prefix = f"srv_{_safe(_server_address(host))}_{port}."
         self.tm_path = lock_dir() / f"tm{tm_port}.lock"
         self.path = lock_dir() / f"{self.server_prefix}tm{tm_port}.lock"
         self.world_path = lock_dir() / f"{self.server_prefix}world.lock"  # exclusive: sole user; shared: sharing
