@@ -413,19 +413,15 @@ class StandinResponse:
 
 
 # ---------------------------------------------------------------------------------------------- actors
-class StandinActor:
-    _REAL = carla.Actor
+class ActorDescription:
+    """What a client knows of an actor without asking the server (``carla.Actor``'s id, type_id, attributes and
+    parent); the in-process stand-in and the remote client's handles share it."""
 
-    def __init__(self, server: StandinServer, actor_id: int, blueprint: StandinBlueprint, transform: Any, parent: Any) -> None:
-        self._server = server
-        self._id = actor_id
-        self._type_id = blueprint.id
-        self._attributes = {k: a.value for k, a in blueprint._attrs.items()}
-        self._parent = parent
-        self._transform = carla.Transform(transform.location, transform.rotation)
-        self._alive = True
-        self._epoch = server.epoch
-        self._spawn_frame = server.frame
+    _REAL = carla.Actor
+    _id: int
+    _type_id: str
+    _attributes: dict
+    _parent: Any
 
     @property
     def id(self) -> int:
@@ -442,6 +438,19 @@ class StandinActor:
     @property
     def parent(self) -> Any:
         return self._parent
+
+
+class StandinActor(ActorDescription):
+    def __init__(self, server: StandinServer, actor_id: int, blueprint: StandinBlueprint, transform: Any, parent: Any) -> None:
+        self._server = server
+        self._id = actor_id
+        self._type_id = blueprint.id
+        self._attributes = {k: a.value for k, a in blueprint._attrs.items()}
+        self._parent = parent
+        self._transform = carla.Transform(transform.location, transform.rotation)
+        self._alive = True
+        self._epoch = server.epoch
+        self._spawn_frame = server.frame
 
     @property
     def is_alive(self) -> bool:
@@ -990,6 +999,7 @@ _STANDINS = (
     StandinCollisionEvent,
     StandinLaneInvasionEvent,
     StandinResponse,
+    ActorDescription,
     StandinActor,
     StandinVehicle,
     StandinSensor,

@@ -215,10 +215,8 @@ class _Session:
                 cs.STREAM.submit((id(self), sensor_id), callback, data, delay)
 
 
-class RemoteActor:
+class RemoteActor(cs.ActorDescription):
     """A client-side actor handle (``carla.Actor``): its description is cached, its state asked of the server."""
-
-    _REAL = carla.Actor
 
     def __init__(self, session: _Session, actor_id: int, type_id: str, attributes: dict, parent: Any) -> None:
         self._session = session
@@ -231,22 +229,6 @@ class RemoteActor:
     def make(session: _Session, actor_id: int, type_id: str, attributes: dict, parent: Any, kind: str) -> RemoteActor:
         cls = {"sensor": RemoteSensor, "vehicle": RemoteVehicle}.get(kind, RemoteActor)
         return cls(session, actor_id, type_id, attributes, parent)
-
-    @property
-    def id(self) -> int:
-        return self._id
-
-    @property
-    def type_id(self) -> str:
-        return self._type_id
-
-    @property
-    def attributes(self) -> dict:
-        return dict(self._attributes)
-
-    @property
-    def parent(self) -> Any:
-        return self._parent
 
     @property
     def is_alive(self) -> bool:
