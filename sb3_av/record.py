@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from sb3_av.baselines import PIDPurePursuit
+from sb3_av.envs.core import DrivingEnv
 
 __all__ = [
     "Alert",
@@ -369,7 +370,10 @@ def record_target(
     env = make_env_for(env_id, model, target)
     try:
         agent = model if model is not None else PIDPurePursuit.from_env(env)
-        fps = float(env.metadata.get("render_fps", 20)) / int(target.env_kwargs.get("action_repeat", 1))
+        driving_env = env.unwrapped
+        assert isinstance(driving_env, DrivingEnv)  # every id make_env_for accepts is a driving env
+        config = driving_env.config  # real time: one frame per control period
+        fps = 1.0 / (config.dt * config.action_repeat)
         frames = record_episodes(agent, env, n_episodes, seed, title=f"{env_id}  {who}", alerts=alerts, view_px=view_px)
         gif_path = out.with_suffix(".gif") if gif else None
         gif_every, gif_scale = gif or (1, 1.0)

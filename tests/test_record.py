@@ -128,6 +128,7 @@ def test_record_command_writes_mp4_and_gif_of_the_baseline(tmp_path: Path, capsy
     argv = ["--baseline", "--env", "LiteScenario0-v0", "-n", "2", "-o", str(out), "--gif-scale", "0.25", *_SHORT]
     assert _record_cli(argv) == 0
     video = imageio.get_reader(out)
+    assert video.get_meta_data()["fps"] == 20  # real time: one frame per 0.05 s control period
     assert video.count_frames() == 2 * (20 + 20)  # 20 steps + 1 s held at 20 Hz, twice
     gif = Image.open(out.with_suffix(".gif"))
     assert gif.n_frames > 1 and gif.size == (video.get_data(0).shape[1] // 4, video.get_data(0).shape[0] // 4)
@@ -181,3 +182,11 @@ def test_enjoy_video_records_a_saved_model(tmp_path: Path, capsys: pytest.Captur
     assert "| LiteScenario0-v0 | 1 |" in capsys.readouterr().out  # the evaluation table, then the video
     assert imageio.get_reader(out).count_frames() == 20 + 20
     assert out.with_suffix(".gif").is_file()
+
+
+def test_the_video_runs_in_real_time_at_the_agents_control_rate(tmp_path: Path) -> None:
+    out = tmp_path / "ar.mp4"
+    argv = ["--baseline", "--env", "LiteScenario0-v0", "-o", str(out), "--no-gif", *_SHORT, "action_repeat:2", "dt:0.1"]
+    assert _record_cli(argv) == 0
+    assert imageio.get_reader(out).get_meta_data()["fps"] == 5  # one frame per 2 x 0.1 s
+    assert not out.with_suffix(".gif").exists()
