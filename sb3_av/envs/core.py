@@ -42,6 +42,8 @@ _GOAL_TOLERANCE_M = 1.0  # the route counts as completed within this arc length 
 #: Route points in the observation are divided by this (m).
 ROUTE_POINT_SCALE_M = 50.0
 _LANE_TERM_MIN = -2.0  # the lane term is bounded below
+_MAX_NOISE_STD = 255.0  # grey levels: beyond the image's range the noise is all there is
+_CAMERA_STREAM = 0xCA3E7A  # second word of the camera-fault generator's seed (the first is the episode seed)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class EnvConfig:
         the action is applied for this many steps, the reward terms are summed over them, the episode ends at the
         first one that ends it, and only the last one's camera frame enters the frame stack (so a stack spans
         ``frame_stack`` agent steps, as in DrQ). 1 (the contract's default) is one simulation step per ``step()``.
+    :param camera_noise_std: standard deviation (grey levels) of Gaussian pixel noise added to each camera frame that
+        enters the observation (rounded, clipped to [0, 255]); 0 (default): no noise. Faults touch the observation only:
+        ``render()``, the reward and ``info`` see the clean world.
+    :param frame_drop_prob: probability (per ``step()``) that the camera delivers nothing new, so the newest stack
+        entry repeats the previous one (bytes, noise included); 0 (default): never. The reset frame is never dropped.
+        Both faults draw from a per-episode generator seeded by the episode seed, so an episode is reproducible and
+        the traffic of seed ``s`` is the same with and without faults.
     """
 
     max_steps: int = 1000
@@ -90,6 +99,8 @@ class EnvConfig:
     reward_goal: float = 50.0
     render_mode: str | None = None
     action_repeat: int = 1
+    camera_noise_std: float = 0.0
+    frame_drop_prob: float = 0.0
 
     _POSITIVE_INT: ClassVar[tuple[str, ...]] = (
         "max_steps",
@@ -119,6 +130,13 @@ class EnvConfig:
             raise ValueError(f"Env kwarg npc_vehicles must be an integer >= 0, got {self.npc_vehicles!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise ValueError(f"Env kwarg seed must be None or an integer >= 0, got {self.seed!r}")
+        if not is_finite_number(self.camera_noise_std) or not 0 <= self.camera_noise_std <= _MAX_NOISE_STD:
+            raise ValueError(
+                f"Env kwarg camera_noise_std must be a number of grey levels in [0, {_MAX_NOISE_STD:g}], "
+                f"got {self.camera_noise_std!r}"
+            )
+        if not is_finite_number(self.frame_drop_prob) or not 0 <= self.frame_drop_prob <= 1:
+            raise ValueError(f"Env kwarg frame_drop_prob must be a probability in [0, 1], got {self.frame_drop_prob!r}")
         if self.render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {self.render_mode!r}")
 
@@ -167,6 +185,7 @@ class DrivingEnv(gym.Env):
     repeated on reset) and ``vector`` ``(5 + 2K,)`` float32 = speed / target speed, lateral offset / half
     lane width, heading error / pi, previous steer, previous throttle_brake, then K route points
     ``(x forward, y left) / 50 m`` in the ego frame. Action ``Box(-1, 1, (2,))`` = ``[steer, throttle_brake]``.
+    The camera-fault kwargs (``camera_noise_std``, ``frame_drop_prob``; see :class:`EnvConfig`) alter only ``image``.
 
     :param backend: the simulator; the env owns it and closes it.
     :param config: env-contract settings.
@@ -201,6 +220,7 @@ class DrivingEnv(gym.Env):
         self._termination: str | None = None  # why the episode ended (None: it did not, or by the time limit)
         self._events = {"collision": False, "off_road": False, "success": False}  # of the last simulation step
         self._first_reset = True
+        self._camera_rng: np.random.Generator | None = None  # camera faults of the episode (None: no faults)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
@@ -215,6 +235,8 @@ class DrivingEnv(gym.Env):
         super().reset(seed=seed)
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         frame = self.backend.reset(seed=episode_seed)
+        faults = self.config.camera_noise_std > 0 or self.config.frame_drop_prob > 0
+        self._camera_rng = np.random.default_rng([episode_seed, _CAMERA_STREAM]) if faults else None
         self._start_episode(frame)
         info = self._info(frame, dict.fromkeys(RewardWeights.names(), 0.0), collision=False, off_road=False, success=False)
         info["termination"] = None
@@ -234,7 +256,7 @@ class DrivingEnv(gym.Env):
         self._stuck_s = 0.0
         self._done = False
         self._termination = None
-        self._stack[:] = frame.image
+        self._stack[:] = self._camera_image(frame.image)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         """Apply ``[steer, throttle_brake]`` for ``action_repeat`` simulation steps (one by default).
@@ -261,8 +283,10 @@ class DrivingEnv(gym.Env):
             if self._done:
                 break
         reward = float(sum(terms.values()))
-        self._stack[:-1] = self._stack[1:]
-        self._stack[-1] = frame.image
+        delivered = self._camera_delivers()
+        self._stack[:-1] = self._stack[1:]  # the newest entry stays: a dropped frame repeats it
+        if delivered:
+            self._stack[-1] = self._camera_image(frame.image)
         info = self._info(frame, terms, **self._events)
         truncated = self._done and self._termination is None
         info["termination"] = "time_limit" if truncated else self._termination
@@ -358,6 +382,19 @@ class DrivingEnv(gym.Env):
     def route(self) -> Route | None:
         """The current episode's route geometry (after reset)."""
         return self._route
+
+    def _camera_delivers(self) -> bool:
+        """Whether the camera delivers a new frame this step (False with probability ``frame_drop_prob``)."""
+        p = self.config.frame_drop_prob
+        return self._camera_rng is None or p == 0 or not self._camera_rng.random() < p
+
+    def _camera_image(self, image: np.ndarray) -> np.ndarray:
+        """The frame as observed: ``image`` plus rounded Gaussian noise of ``camera_noise_std`` grey levels, clipped."""
+        std = self.config.camera_noise_std
+        if self._camera_rng is None or std == 0:
+            return image
+        noisy = np.rint(image + self._camera_rng.normal(0.0, std, image.shape))
+        return np.clip(noisy, 0, 255).astype(np.uint8)
 
     def _check_frame(self, frame: Frame) -> None:
         size = self.config.camera_size
