@@ -5,6 +5,9 @@ charges for going faster, and ``progress`` pays per metre, so a learner that has
 brake for the vehicle ahead drives as fast as the car goes (16-17 m/s on the Lite road, twice the 8 m/s
 target) and rear-ends slower traffic. :class:`OverspeedPenalty` adds the missing half of a speed reward that
 peaks at the target speed, as its own named term so that ``info["reward_terms"]`` still sums to the reward.
+:class:`JerkPenalty` charges the longitudinal jerk the evaluation reports (``mean_abs_jerk_ms3``): the
+contract's ``comfort`` term (weight 0.1, at most 0.1 a step) is too weak to stop a deterministic policy from
+flipping between throttle and brake (|jerk| of 60-70 m/s^3 against a comfort bound of 2).
 :class:`ScaleReward` multiplies the reward (TD3's critic learns faster on rewards of order 0.1 per step).
 
 Evaluate on the plain env: success, route completion and collisions do not depend on the reward.
@@ -19,7 +22,7 @@ import gymnasium as gym
 
 from sb3_av._checks import is_finite_number
 
-__all__ = ["OverspeedPenalty", "ScaleReward"]
+__all__ = ["JerkPenalty", "OverspeedPenalty", "ScaleReward"]
 
 
 def _target_speed_ms(env: gym.Env) -> float:
@@ -81,3 +84,52 @@ class ScaleReward(gym.RewardWrapper):
     def reward(self, reward: SupportsFloat) -> float:
         """The scaled reward."""
         return self.scale * float(reward)
+
+
+class JerkPenalty(gym.Wrapper):
+    """Charge ``weight * min(|jerk| / reference_jerk_ms3, 1)`` per step, jerk measured as the evaluation does.
+
+    The longitudinal jerk is the second difference of ``info["speed_ms"]`` over ``info["sim_time_s"]``
+    (:class:`sb3_av.evaluation.EpisodeMetrics`), so the term charges exactly what ``mean_abs_jerk_ms3`` reports:
+    nothing for the first two steps of an episode. It is added to the reward and to ``info["reward_terms"]`` as
+    ``jerk``. The default reference (100 m/s^3, about a full throttle-to-brake flip in 0.05 s) keeps the term in
+    [-weight, 0]; a 2 m/s^3 comfort-level jerk costs ``0.02 * weight``.
+
+    :param env: a driving env (``info`` has ``speed_ms`` and ``sim_time_s``).
+    :param weight: weight of the term (>= 0).
+    :param reference_jerk_ms3: the |jerk| (m/s^3) that costs the full weight (> 0).
+    """
+
+    def __init__(self, env: gym.Env, weight: float = 1.0, reference_jerk_ms3: float = 100.0) -> None:
+        super().__init__(env)
+        if not is_finite_number(weight) or weight < 0:
+            raise ValueError(f"JerkPenalty weight must be a finite number >= 0, got {weight!r}")
+        if not is_finite_number(reference_jerk_ms3) or not reference_jerk_ms3 > 0:
+            raise ValueError(f"JerkPenalty reference_jerk_ms3 must be a finite number > 0, got {reference_jerk_ms3!r}")
+        self.weight = float(weight)
+        self.reference_jerk_ms3 = float(reference_jerk_ms3)
+        self._last: tuple[float, float] | None = None  # (time, speed) of the previous step
+        self._accel: float | None = None  # acceleration over the previous step
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset the env and the speed history."""
+        obs, info = self.env.reset(**kwargs)
+        self._last = (float(info["sim_time_s"]), float(info["speed_ms"])) if "speed_ms" in info else None
+        self._accel = None
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the env and add the weighted ``jerk`` term to the reward and the reward terms."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        now, speed = float(info["sim_time_s"]), float(info["speed_ms"])
+        term = 0.0
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            accel = (speed - self._last[1]) / dt
+            if self._accel is not None:
+                jerk = abs(accel - self._accel) / dt
+                term = -self.weight * min(jerk / self.reference_jerk_ms3, 1.0) if math.isfinite(jerk) else -self.weight
+            self._accel = accel
+        self._last = (now, speed)
+        info["reward_terms"] = {**info.get("reward_terms", {}), "jerk": term}
+        return obs, float(reward) + term, terminated, truncated, info

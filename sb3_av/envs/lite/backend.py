@@ -1,13 +1,17 @@
 """LiteBackend: the embedded simulator (highway-env road and vehicle kinematics, IDM traffic, pygame camera).
 
 The ego is a highway-env kinematic bicycle driven by ``[steer, throttle, brake]`` with bounded steering,
-acceleration and braking and no reverse. NPCs are IDM vehicles (highway-env's parameters) that keep their
-lane; each step their leader is found per lane chain by sorting arc lengths (O(n log n), not highway-env's
-O(n^2) neighbour search), and collisions are checked between the ego and the NPCs near it.
+acceleration and braking and no reverse. NPCs are IDM vehicles (highway-env's parameters); with
+``npc_lane_changes`` they change lanes by highway-env's MOBIL rule (:func:`mobil_gain`), else they keep their lane.
+Each step their leader is found per lane chain by sorting arc lengths (O(n log n), not highway-env's O(n^2)
+neighbour search), and collisions are checked between the ego and the NPCs near it. ``slow_npcs_ahead`` places
+that many slow NPCs (``slow_npc_speed_range_ms``, below the ego's target speed) that keep the route lane ahead
+of the ego, so that the ego has to follow them.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from typing import Any
@@ -23,7 +27,7 @@ from sb3_av.envs.lite.render import TopDownCamera
 from sb3_av.envs.lite.road import ROUTE_START_M, LiteRoad, build_road
 from sb3_av.envs.route import wrap_angle
 
-__all__ = ["LiteBackend", "bicycle_step", "idm_acceleration", "lane_keeping_steering"]
+__all__ = ["LiteBackend", "bicycle_step", "idm_acceleration", "lane_keeping_steering", "mobil_gain"]
 
 _MIN_SPAWN_GAP_M = 12.0  # centre-to-centre, same lane
 _EGO_CLEAR_BEHIND_M = 25.0
@@ -31,6 +35,8 @@ _EGO_CLEAR_AHEAD_M = 30.0
 _LEAD_RANGE_M = 100.0
 _DRAG_PER_S = 0.05  # linear drag (1/s): a coasting car slows down
 _MAX_SPEED_MS = 30.0
+_SLOW_FIRST_AHEAD_M = (35.0, 60.0)  # where the first slow NPC starts, ahead of the ego's start (m)
+_SLOW_SPACING_M = (25.0, 45.0)  # centre-to-centre spacing of the following slow NPCs (m)
 
 
 def _clamp(value: float, bound: float) -> float:
@@ -66,13 +72,72 @@ def idm_acceleration(vehicle: IDMVehicle, gap_m: float | None, front_speed: floa
     :param front_speed: the leader's speed (m/s).
     :return: the acceleration command (m/s^2), not yet clipped.
     """
-    v = max(vehicle.speed, 0.0)
-    acc = vehicle.COMFORT_ACC_MAX * (1.0 - (v / max(vehicle.target_speed, 1e-3)) ** vehicle.DELTA)
+    return _idm(vehicle.speed, vehicle.target_speed, gap_m, front_speed)
+
+
+def _idm(speed: float, target_speed: float, gap_m: float | None, front_speed: float) -> float:
+    """The IDM of :func:`idm_acceleration` for any vehicle, with the NPCs' (highway-env's) IDM parameters."""
+    v = max(speed, 0.0)
+    acc = _Npc.COMFORT_ACC_MAX * (1.0 - (v / max(target_speed, 1e-3)) ** _Npc.DELTA)
     if gap_m is not None:
-        ab = -vehicle.COMFORT_ACC_MAX * vehicle.COMFORT_ACC_MIN
-        d_star = vehicle.DISTANCE_WANTED + v * vehicle.TIME_WANTED + v * (v - front_speed) / (2.0 * math.sqrt(ab))
-        acc -= vehicle.COMFORT_ACC_MAX * (d_star / max(gap_m, 1e-3)) ** 2
+        ab = -_Npc.COMFORT_ACC_MAX * _Npc.COMFORT_ACC_MIN
+        d_star = _Npc.DISTANCE_WANTED + v * _Npc.TIME_WANTED + v * (v - front_speed) / (2.0 * math.sqrt(ab))
+        acc -= _Npc.COMFORT_ACC_MAX * (d_star / max(gap_m, 1e-3)) ** 2
     return acc
+
+
+def _follow(entry: _Entry, target_speed: float, front: _Entry | None) -> float:
+    """The IDM acceleration (m/s^2) of a chain entry behind ``front`` (None: a free road)."""
+    if front is None:
+        return _idm(entry[2], target_speed, None, 0.0)
+    return _idm(entry[2], target_speed, front[0] - entry[0], front[2])
+
+
+#: One vehicle on a lane chain: (arc length on the chain (m), index (0 = ego, k = NPC k-1), speed (m/s)).
+_Entry = tuple[float, int, float]
+
+
+def mobil_gain(
+    me: _Entry,
+    my_target_speed: float,
+    old_lane: list[_Entry],
+    new_lane: list[_Entry],
+    target_speeds: dict[int, float],
+) -> float | None:
+    """highway-env's ``IDMVehicle.mobil`` (1.12.1, no route) on sorted lane chains: the acceleration gain of a
+    lane change, or None when it would make the new follower brake harder than ``LANE_CHANGE_MAX_BRAKING_IMPOSED``.
+
+    highway-env changes lane when the gain is at least ``LANE_CHANGE_MIN_ACC_GAIN``.
+
+    :param me: the deciding NPC with its arc length on the candidate chain (its index finds it on the old one).
+    :param my_target_speed: its desired speed (m/s).
+    :param old_lane: the entries of its lane chain, sorted by arc length (the NPC among them).
+    :param new_lane: the entries of the candidate chain, sorted, the NPC not among them.
+    :param target_speeds: desired speed (m/s) per entry index; an index not in it (the ego) is assumed content with
+        its current speed (its IDM free-road term is 0), since its intentions are unknown to the NPCs.
+    """
+    s_new = me[0]
+    i = bisect.bisect_left(new_lane, (s_new, -1, -math.inf))
+    new_front = new_lane[i] if i < len(new_lane) else None
+    new_rear = new_lane[i - 1] if i > 0 else None
+
+    def idm(entry: _Entry, front: _Entry | None) -> float:
+        return _follow(entry, target_speeds.get(entry[1], entry[2]), front)
+
+    gain = 0.0
+    if new_rear is not None:
+        new_rear_pred = idm(new_rear, me)
+        if new_rear_pred < -_Npc.LANE_CHANGE_MAX_BRAKING_IMPOSED:
+            return None
+        gain += _Npc.POLITENESS * (new_rear_pred - idm(new_rear, new_front))
+    j = next(i for i, entry in enumerate(old_lane) if entry[1] == me[1])
+    old_me = old_lane[j]
+    old_front = old_lane[j + 1] if j + 1 < len(old_lane) else None
+    old_rear = old_lane[j - 1] if j > 0 else None
+    gain += _follow(me, my_target_speed, new_front) - _follow(old_me, my_target_speed, old_front)
+    if old_rear is not None:
+        gain += _Npc.POLITENESS * (idm(old_rear, old_front) - idm(old_rear, old_lane[j]))
+    return gain
 
 
 def lane_keeping_steering(vehicle: IDMVehicle, lane: Any, long_m: float, lat_m: float) -> float:
@@ -105,45 +170,75 @@ class _Ego(Vehicle):
 
 
 class _Npc(IDMVehicle):
-    """An IDM vehicle that keeps its lane chain; its leader is set by the backend each step."""
+    """An IDM vehicle on a lane chain; with lane changes on it moves to a neighbouring chain by MOBIL.
+
+    During a lane change (``target_chain != chain``) it steers to the target lane and counts on both chains
+    (for its own leader and as a leader of the vehicles behind it); ``chain`` becomes the target once it is
+    closer to the target lane's centre than to its own (highway-env: the closest lane).
+    """
 
     speed: float
     heading: float
 
-    def setup(self, road: LiteRoad, chain: int, segment: int) -> None:
+    def setup(self, road: LiteRoad, chain: int, segment: int, lane_changes: bool = False) -> None:
         self.chain = chain
+        self.target_chain = chain
         self.segment = segment
         self.lite_road = road
+        self.lane_changes = lane_changes
         self.lane_index = road.lane_index(chain, segment)
         self.lane = road.lane(chain, segment)
         self.target_lane_index = self.lane_index
         self.chain_s = 0.0
+        self.target_s = 0.0
         self.lateral = 0.0
         self.update_chain_position()
 
     def update_chain_position(self) -> None:
-        """Arc length along the chain and lateral offset; moves to the next segment past a lane's end."""
+        """Arc length along the chain(s) and lateral offset; next segment past a lane's end; lane change progress."""
         long, lat = self.lane.local_coordinates(self.position)
         if long > self.lane.length and self.segment < 2:
             self.segment += 1
-            self.lane_index = self.lite_road.lane_index(self.chain, self.segment)
             self.lane = self.lite_road.lane(self.chain, self.segment)
-            self.target_lane_index = self.lane_index
             long, lat = self.lane.local_coordinates(self.position)
+        if self.target_chain != self.chain:
+            target_lane = self.lite_road.lane(self.target_chain, self.segment)
+            t_long, t_lat = target_lane.local_coordinates(self.position)
+            if abs(t_lat) < abs(lat):  # closer to the target lane: it is now the vehicle's lane
+                self.chain, self.lane, long, lat = self.target_chain, target_lane, t_long, t_lat
+            else:
+                self.target_s = float(self.lite_road.chain_offsets[self.target_chain, self.segment] + t_long)
+                self._target_long, self._target_lat = float(t_long), float(t_lat)
+        self.lane_index = self.lite_road.lane_index(self.chain, self.segment)
+        self.target_lane_index = self.lite_road.lane_index(self.target_chain, self.segment)
         self.chain_s = float(self.lite_road.chain_offsets[self.chain, self.segment] + long)
         self.lateral = float(lat)
         self._long = float(long)
 
-    def act_idm(self, gap_m: float | None, front_speed: float) -> None:
-        """Set the IDM acceleration and the lane-keeping steering.
+    @property
+    def changing_lane(self) -> bool:
+        """Whether a lane change is under way."""
+        return self.target_chain != self.chain
+
+    def act_idm(
+        self, gap_m: float | None, front_speed: float, target_gap_m: float | None = None, target_front_speed: float = 0.0
+    ) -> None:
+        """Set the IDM acceleration and the lane-keeping steering (to the target lane during a lane change).
 
         :param gap_m: centre-to-centre distance (m) to the leader on the chain, None when there is none.
         :param front_speed: the leader's speed (m/s).
+        :param target_gap_m: during a lane change, the gap to the leader on the target chain (highway-env takes
+            the smaller of the two IDM accelerations).
+        :param target_front_speed: that leader's speed (m/s).
         """
-        self.action = {
-            "steering": lane_keeping_steering(self, self.lane, self._long, self.lateral),
-            "acceleration": _clamp(idm_acceleration(self, gap_m, front_speed), self.ACC_MAX),
-        }
+        acceleration = idm_acceleration(self, gap_m, front_speed)
+        if self.changing_lane:
+            acceleration = min(acceleration, idm_acceleration(self, target_gap_m, target_front_speed))
+            lane = self.lite_road.lane(self.target_chain, self.segment)
+            steering = lane_keeping_steering(self, lane, self._target_long, self._target_lat)
+        else:
+            steering = lane_keeping_steering(self, self.lane, self._long, self.lateral)
+        self.action = {"steering": steering, "acceleration": _clamp(acceleration, self.ACC_MAX)}
 
     def step(self, dt: float) -> None:
         """The kinematic bicycle (:func:`bicycle_step`), heading not wrapped, no speed cap."""
@@ -168,6 +263,11 @@ class LiteBackend(DrivingBackend):
     :param turn_radius_m: radius (m) of the innermost lane of the 90 degree left turn.
     :param pixels_per_m: camera scale (pixels per metre).
     :param npc_speed_range_ms: ``(low, high)`` range (m/s) of the NPCs' desired speeds.
+    :param npc_lane_changes: NPCs change lanes by MOBIL (highway-env's parameters), else they keep their lane.
+    :param slow_npcs_ahead: how many of the ``npc_vehicles`` (at most all of them) start ahead of the ego on the
+        route lane (the first 35-60 m ahead, the next 25-45 m apart) with a desired speed from
+        ``slow_npc_speed_range_ms``; they keep their lane.
+    :param slow_npc_speed_range_ms: ``(low, high)`` desired speeds (m/s) of those slow NPCs.
     :param max_steer_rad: front wheel angle (rad) at steer = 1.
     :param max_accel_ms2: acceleration (m/s^2) at throttle = 1.
     :param max_brake_ms2: deceleration (m/s^2) at brake = 1.
@@ -186,11 +286,15 @@ class LiteBackend(DrivingBackend):
         turn_radius_m: float = 20.0,
         pixels_per_m: float = 2.0,
         npc_speed_range_ms: tuple[float, float] | list[float] = (7.0, 11.0),
+        npc_lane_changes: bool = False,
+        slow_npcs_ahead: int = 0,
+        slow_npc_speed_range_ms: tuple[float, float] | list[float] = (6.0, 7.0),
         max_steer_rad: float = 0.5,
         max_accel_ms2: float = 3.5,
         max_brake_ms2: float = 8.0,
     ) -> None:
         _check_settings(n_lanes, lane_width_m, route_lane, route_length_m, turn_radius_m, pixels_per_m, npc_speed_range_ms)
+        _check_traffic(npc_lane_changes, slow_npcs_ahead, slow_npc_speed_range_ms)
         for name, value in (
             ("max_steer_rad", max_steer_rad),
             ("max_accel_ms2", max_accel_ms2),
@@ -203,6 +307,9 @@ class LiteBackend(DrivingBackend):
         self.default_seed = seed
         self.route_lane = int(route_lane)
         self.npc_speed_range_ms = (float(npc_speed_range_ms[0]), float(npc_speed_range_ms[1]))
+        self.npc_lane_changes = bool(npc_lane_changes)
+        self.slow_npcs_ahead = min(int(slow_npcs_ahead), self.npc_vehicles)  # part of npc_vehicles
+        self.slow_npc_speed_range_ms = (float(slow_npc_speed_range_ms[0]), float(slow_npc_speed_range_ms[1]))
         self.max_steer_rad = float(max_steer_rad)
         self.max_accel_ms2 = float(max_accel_ms2)
         self.max_brake_ms2 = float(max_brake_ms2)
@@ -255,9 +362,13 @@ class LiteBackend(DrivingBackend):
 
     def _spawn_npcs(self, rng: np.random.Generator) -> list[_Npc]:
         occupied: list[list[float]] = [[] for _ in range(self.road.n_lanes)]
-        targets: list[tuple[int, float, float]] = []
-        npcs: list[_Npc] = []
-        for _ in range(self.npc_vehicles):
+        targets: list[tuple[int, float, float, bool]] = []  # chain, arc length, desired speed, slow NPC
+        s = ROUTE_START_M + float(rng.uniform(*_SLOW_FIRST_AHEAD_M)) if self.slow_npcs_ahead else 0.0
+        for _ in range(self.slow_npcs_ahead):
+            occupied[self.route_lane].append(s)
+            targets.append((self.route_lane, s, float(rng.uniform(*self.slow_npc_speed_range_ms)), True))
+            s += float(rng.uniform(*_SLOW_SPACING_M))
+        for _ in range(self.npc_vehicles - self.slow_npcs_ahead):
             for _attempt in range(200):
                 chain = int(rng.integers(self.road.n_lanes))
                 s = float(rng.uniform(5.0, self.road.chain_lengths[chain] - 10.0))
@@ -271,8 +382,9 @@ class LiteBackend(DrivingBackend):
                     f"(at least {_MIN_SPAWN_GAP_M} m apart); use fewer vehicles or more lanes (n_lanes)"
                 )
             occupied[chain].append(s)
-            targets.append((chain, s, float(rng.uniform(*self.npc_speed_range_ms))))
-        for chain, s, target in targets:
+            targets.append((chain, s, float(rng.uniform(*self.npc_speed_range_ms)), False))
+        npcs: list[_Npc] = []
+        for chain, s, target, slow in targets:
             # Start at a speed whose IDM gap fits the actual gap to the vehicle ahead (no start-up shock wave).
             ahead = [o - s for o in occupied[chain] if o > s]
             if chain == self.route_lane and s < ROUTE_START_M:
@@ -281,7 +393,7 @@ class LiteBackend(DrivingBackend):
             speed = min(0.8 * target, max((gap - _Npc.DISTANCE_WANTED) / _Npc.TIME_WANTED, 0.0))
             position, heading = self.road.position(chain, s)
             npc = _Npc(self._hw_road, position, heading, speed, target_speed=target, enable_lane_change=False)
-            npc.setup(self.road, chain, self.road.locate(chain, s)[0])
+            npc.setup(self.road, chain, self.road.locate(chain, s)[0], lane_changes=self.npc_lane_changes and not slow)
             npcs.append(npc)
         return npcs
 
@@ -289,9 +401,12 @@ class LiteBackend(DrivingBackend):
         """Advance the world by one step of :attr:`dt` with the ego's control."""
         if self._ego is None:
             raise RuntimeError("LiteBackend.step() called before reset()")
-        leaders = self._leaders()
-        for npc, (gap, front_speed) in zip(self._npcs, leaders[1:], strict=True):
-            npc.act_idm(gap, front_speed)
+        chains = self._chain_entries()
+        leaders = self._leaders(chains)
+        for npc, (gap, front_speed, target_gap, target_front_speed) in zip(self._npcs, leaders[1:], strict=True):
+            npc.act_idm(gap, front_speed, target_gap, target_front_speed)
+        if self.npc_lane_changes:
+            self._change_lanes(chains)
         ego = self._ego
         accel = throttle * self.max_accel_ms2 - brake * self.max_brake_ms2 - _DRAG_PER_S * ego.speed
         ego.action = {"steering": float(steer) * self.max_steer_rad, "acceleration": accel}
@@ -336,13 +451,18 @@ class LiteBackend(DrivingBackend):
             chains.append(self.route_lane + 1)
         return chains
 
-    def _leaders(self) -> list[tuple[float | None, float]]:
-        """``(gap, leader speed)`` of the ego (index 0) and each NPC, gap centre-to-centre along the lane chain."""
+    def _chain_entries(self) -> list[list[_Entry]]:
+        """Per lane chain, the vehicles on it sorted by arc length: ``(s, index, speed)``, index 0 = the ego.
+
+        An NPC changing lanes is on both its chain and its target chain; the ego is on its route chain and on a
+        neighbouring chain it overlaps.
+        """
         assert self._ego is not None
-        result: list[tuple[float | None, float]] = [(None, 0.0)] * (len(self._npcs) + 1)
-        per_chain: list[list[tuple[float, int, float]]] = [[] for _ in range(self.road.n_lanes)]
+        per_chain: list[list[_Entry]] = [[] for _ in range(self.road.n_lanes)]
         for k, npc in enumerate(self._npcs, start=1):
             per_chain[npc.chain].append((npc.chain_s, k, npc.speed))
+            if npc.target_chain != npc.chain:
+                per_chain[npc.target_chain].append((npc.target_s, k, npc.speed))
         ego_s = self._ego_s
         for chain in self._ego_chains():
             # The ego's arc length on a neighbouring chain differs by the turn; use the same fraction of the chain.
@@ -354,10 +474,41 @@ class LiteBackend(DrivingBackend):
             per_chain[chain].append((s, 0, self._ego.speed))
         for entries in per_chain:
             entries.sort()
+        return per_chain
+
+    def _leaders(self, per_chain: list[list[_Entry]]) -> list[tuple[float | None, float, float | None, float]]:
+        """``(gap, leader speed, gap on the target chain, its leader's speed)`` of the ego (index 0, unused) and
+        each NPC, gaps centre-to-centre along the chain; the target-chain pair is ``(None, 0)`` when not changing."""
+        result: list[list[Any]] = [[None, 0.0, None, 0.0] for _ in range(len(self._npcs) + 1)]
+        for chain, entries in enumerate(per_chain):
             for (s, k, _), (s_front, _, v_front) in itertools.pairwise(entries):
-                if k != 0:  # the ego's leader is reported by _route_leader, not used for control
-                    result[k] = (s_front - s, v_front)
-        return result
+                if k == 0:  # the ego's leader is reported by _route_leader, not used for control
+                    continue
+                slot = 0 if self._npcs[k - 1].chain == chain else 2
+                result[k][slot : slot + 2] = [s_front - s, v_front]
+        return [tuple(r) for r in result]  # type: ignore[misc]
+
+    def _change_lanes(self, per_chain: list[list[_Entry]]) -> None:
+        """highway-env's ``change_lane_policy``: every ``LANE_CHANGE_DELAY`` s of its own timer, an NPC not already
+        changing lanes and moving (>= 1 m/s) moves to a neighbouring chain whose MOBIL gain is at least
+        ``LANE_CHANGE_MIN_ACC_GAIN`` (the last such side wins, as upstream)."""
+        targets = {k: npc.target_speed for k, npc in enumerate(self._npcs, start=1)}
+        for k, npc in enumerate(self._npcs, start=1):
+            if not npc.lane_changes or npc.changing_lane or not hw_utils.do_every(npc.LANE_CHANGE_DELAY, npc.timer):
+                continue
+            npc.timer = 0.0
+            if abs(npc.speed) < 1.0:
+                continue
+            for side in (npc.chain - 1, npc.chain + 1):
+                if not 0 <= side < self.road.n_lanes:
+                    continue
+                side_lane = self.road.lane(side, npc.segment)
+                side_s = float(self.road.chain_offsets[side, npc.segment] + side_lane.local_coordinates(npc.position)[0])
+                gain = mobil_gain((side_s, k, npc.speed), npc.target_speed, per_chain[npc.chain], per_chain[side], targets)
+                if gain is not None and gain >= npc.LANE_CHANGE_MIN_ACC_GAIN:
+                    npc.target_chain = side
+            if npc.changing_lane:
+                npc.update_chain_position()
 
     def _ego_collides(self) -> bool:
         assert self._ego is not None
@@ -413,6 +564,21 @@ class LiteBackend(DrivingBackend):
             if -(npc.LENGTH + self._ego.LENGTH) / 2 < gap < _LEAD_RANGE_M and (best[0] is None or gap < best[0]):
                 best = (max(gap, 0.0), float(npc.speed))
         return best
+
+
+def _check_traffic(
+    npc_lane_changes: bool, slow_npcs_ahead: int, slow_npc_speed_range_ms: tuple[float, float] | list[float]
+) -> None:
+    if not isinstance(npc_lane_changes, bool):
+        raise ValueError(f"Lite backend setting npc_lane_changes must be true or false, got {npc_lane_changes!r}")
+    if not isinstance(slow_npcs_ahead, int) or isinstance(slow_npcs_ahead, bool) or slow_npcs_ahead < 0:
+        raise ValueError(f"Lite backend setting slow_npcs_ahead must be an integer >= 0, got {slow_npcs_ahead!r}")
+    low_high = list(slow_npc_speed_range_ms) if isinstance(slow_npc_speed_range_ms, list | tuple) else []
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+        raise ValueError(
+            "Lite backend setting slow_npc_speed_range_ms must be [low, high] with 0 < low <= high (m/s), "
+            f"got {slow_npc_speed_range_ms!r}"
+        )
 
 
 def _check_settings(
