@@ -1,4 +1,4 @@
-"""Training-time reward wrappers: the over-speed term and the reward scale, against values computed here."""
+"""Training-time reward wrappers: the over-speed and jerk terms and the reward scale, against values computed here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import sb3_av  # noqa: F401  (registers the env ids)
-from sb3_av.envs.wrappers import OverspeedPenalty, ScaleReward
+from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward
+from sb3_av.evaluation import EpisodeMetrics
 
 FULL_THROTTLE = np.array([0.0, 1.0], dtype=np.float32)
 
@@ -63,3 +64,46 @@ def test_scale_reward_multiplies_the_reward_and_rejects_bad_scales() -> None:
     for scale in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="ScaleReward scale must be a finite number > 0"):
             ScaleReward(gym.make("Pendulum-v1"), scale=scale)
+
+
+def test_jerk_term_charges_what_the_evaluation_reports() -> None:
+    """Throttle/brake flips: each step's term is -weight * min(|jerk| / reference, 1), with the jerk from the
+    speeds; the uncapped terms sum to what EpisodeMetrics reports as the episode's |jerk| sum."""
+    weight, reference = 2.0, 500.0  # a large reference: no term is capped, so the sums compare exactly
+    env = JerkPenalty(_lite(), weight=weight, reference_jerk_ms3=reference)
+    plain = _lite()
+    env.reset(seed=3)
+    _, info = plain.reset(seed=3)
+    metrics = EpisodeMetrics()
+    metrics.start(info)
+    terms, times, speeds = [], [info["sim_time_s"]], [info["speed_ms"]]
+    for t in range(120):
+        action = np.array([0.0, 0.8 if (t // 3) % 2 == 0 else -0.3], dtype=np.float32)
+        _, reward, *_, info = env.step(action)
+        _, plain_reward, *_, plain_info = plain.step(action)
+        metrics.add(plain_info)
+        terms.append(info["reward_terms"]["jerk"])
+        times.append(info["sim_time_s"])
+        speeds.append(info["speed_ms"])
+        assert reward == pytest.approx(plain_reward + terms[-1], abs=1e-9)
+        assert sum(info["reward_terms"].values()) == pytest.approx(reward, abs=1e-9)
+    v, dt = np.array(speeds), np.diff(times)
+    jerk = np.abs(np.diff(np.diff(v) / dt) / dt[1:])
+    assert terms[0] == 0.0 and terms[1:] == pytest.approx(list(-weight * np.minimum(jerk / reference, 1.0)), abs=1e-9)
+    assert jerk.max() > 50.0  # the flips are real jerks
+    result = metrics.finish()
+    assert -sum(terms) * reference / weight == pytest.approx(result["sum_abs_jerk"], rel=1e-9)
+
+
+def test_jerk_term_is_capped_and_bad_settings_are_clear_errors() -> None:
+    env = JerkPenalty(_lite(), weight=1.5, reference_jerk_ms3=1.0)
+    env.reset(seed=0)
+    terms = [env.step(np.array([0.0, 1.0 if t % 2 else -1.0], dtype=np.float32))[4]["reward_terms"]["jerk"] for t in range(40)]
+    assert min(terms) == -1.5 and all(-1.5 <= term <= 0.0 for term in terms)
+    for kwargs, message in (
+        ({"weight": -1.0}, "JerkPenalty weight must be a finite number >= 0"),
+        ({"reference_jerk_ms3": 0.0}, "JerkPenalty reference_jerk_ms3 must be a finite number > 0"),
+        ({"weight": math.nan}, "JerkPenalty weight"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            JerkPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
