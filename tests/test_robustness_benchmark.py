@@ -1,0 +1,122 @@
+"""benchmarks/robustness.py on two tiny saved models: its numbers against independent ``evaluate()`` calls."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import pytest
+
+import sb3_av  # noqa: F401  (registers the envs)
+from sb3_av.baselines import PIDPurePursuit
+from sb3_av.evaluation import evaluate
+from sb3_av.td3 import ClippedTD3
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+ENV_ID = "LiteScenario0-v0"
+KEYS = ("success_rate", "route_completion", "collisions_per_km", "mean_speed_ms", "mean_abs_jerk_ms3", "collisions")
+
+
+@pytest.fixture(scope="module")
+def robustness() -> Any:
+    spec = importlib.util.spec_from_file_location("robustness_benchmark", _SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two untrained tiny TD3 models (two seeds) saved as .zip."""
+    folder = tmp_path_factory.mktemp("models")
+    env = gym.make(ENV_ID)
+    paths = []
+    for seed in (0, 1):
+        model = ClippedTD3("MultiInputPolicy", env, buffer_size=10, policy_kwargs={"net_arch": [8]}, seed=seed, device="cpu")
+        paths.append(folder / f"m{seed}.zip")
+        model.save(paths[-1])
+    env.close()
+    return paths
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_numbers_equal_independent_evaluations(robustness: Any, models: list[Path], tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "rob.json"
+    argv = [*map(str, models), "--env", ENV_ID, "-n", "1", "--variations", "scenario", "camera_noise_16"]
+    robustness.main([*argv, "--add", 'unknown={"no_such_kwarg": 1}', "--threads", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["env_id"] == ENV_ID and result["seed"] == 20000 and result["n_episodes"] == 1
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["scenario", "camera_noise_16", "unknown"]
+    assert "Unknown env kwarg(s) no_such_kwarg" in rows["unknown"]["skipped"]
+    for name, variation in (("scenario", {}), ("camera_noise_16", {"camera_noise_std": 16.0})):
+        row = rows[name]
+        assert row["env_kwargs"] == variation
+        env = gym.make(ENV_ID, **variation)
+        pid = evaluate(PIDPurePursuit.from_env(env), env, 1, seed=20000)
+        per_model = [evaluate(ClippedTD3.load(path, device="cpu"), env, 1, seed=20000) for path in models]
+        env.close()
+        assert [e["seed"] for e in row["pid"]["episodes"]] == [20000]
+        for key in KEYS:
+            assert _same(row["pid"][key], pid[key]), (name, "pid", key)
+            for got, want in zip(row["models"], per_model, strict=True):
+                assert _same(got[key], want[key]), (name, "model", key)
+        successes = [m["success_rate"] for m in per_model]
+        assert row["model"]["success_rate"] == pytest.approx(sum(successes) / 2)
+        assert row["model"]["success_rate_min"] == min(successes)
+        assert row["model"]["mean_speed_ms"] == pytest.approx(
+            (per_model[0]["mean_speed_ms"] + per_model[1]["mean_speed_ms"]) / 2
+        )
+        # The PID completes the route on both; untrained models do not, so the variation is marked.
+        assert pid["success_rate"] == 1.0 and max(successes) == 0.0
+        assert row["holds_up"] is False
+    table = capsys.readouterr().out
+    assert "| scenario | (base) | 0.00 (0.00) | 1.00 |" in table
+    assert table.count("**NO**") == 2
+    assert "| unknown | no_such_kwarg=1 | skipped: Unknown env kwarg(s) no_such_kwarg" in table
+
+
+def test_every_named_variation_is_accepted_or_rejected_by_the_env(robustness: Any) -> None:
+    """Each named variation either builds and resets (seed 20000) or is rejected with the env's own message."""
+    for name, variation in robustness.VARIATIONS.items():
+        reason = robustness._rejection(ENV_ID, variation, 20000)
+        assert reason is None or "Unknown env kwarg" in reason, (name, reason)
+    assert robustness._rejection(ENV_ID, {"npc_vehicles": 400}, 20000).startswith("npc_vehicles=400 do not fit")
+
+
+def test_pid_alone_table(robustness: Any, capsys: Any) -> None:
+    rows = [
+        {
+            "name": "a",
+            "env_kwargs": {"npc_vehicles": 35},
+            "pid": {"success_rate": 0.95, "collisions_per_km": 0.0, "mean_speed_ms": 7.5, "mean_abs_jerk_ms3": 0.25},
+        },
+    ]
+    assert robustness.format_table(rows).splitlines()[-1] == "| a | npc_vehicles=35 | 0.95 | 0.00 | 7.50 | 0.25 |"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", ENV_ID, "--variations", "nope"], "unknown variation(s) nope; known: scenario"),
+        (["--env", ENV_ID, "--add", "x=[1]"], "is not NAME={JSON object of env kwargs}"),
+        (["--env", ENV_ID, "--add", "x={bad"], "the part after = is not JSON"),
+        ([], "give run folders or .zip files, or --env"),
+        (["/no/such/model.zip", "--env", ENV_ID], "model file /no/such/model.zip not found"),
+        (["--env", ENV_ID, "-n", "0"], "-n must be >= 1"),
+    ],
+)
+def test_bad_arguments(robustness: Any, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=None) as info:
+        robustness.main(argv)
+    assert message in str(info.value)
