@@ -1,19 +1,23 @@
 """``sb3-av record`` (and ``enjoy.py --video``): evaluation episodes of a model, a run folder or the baseline as
 an MP4 and a GIF.
 
-Each video frame shows, side by side, a larger top-down view of the road (the route in yellow, NPC vehicles in
-red, the ego in green; ``view_px`` pixels at ``view_ppm`` pixels per metre, heading up) and the agent's own
-observation (its stack of 84x84 grayscale frames, newest last, scaled up), above a text panel with the step,
-the speed, the action (steer, throttle/brake), the weighted reward terms of that step and the gradient-norm
-alerts that the run logged up to the model's training step. The last frames of an episode say how it ended.
+Each video frame shows, side by side, a larger view of the scene and the agent's own observation (its stack of
+84x84 grayscale frames, newest last, scaled up), above a text panel with the step, the speed, the action (steer,
+throttle/brake), the weighted reward terms of that step and the gradient-norm alerts that the run logged up to
+the model's training step. The last frames of an episode say how it ended. The view is
+
+- for the embedded simulator (Lite), a top-down view of the road (the route in yellow, NPC vehicles in red, the
+  ego in green; ``view_px`` pixels at ``view_ppm`` pixels per metre, heading up), drawn from its state;
+- for CARLA, the image of a chase camera behind and above the ego (the env kwarg ``chase_camera_size``, which
+  :func:`record_target` turns on: ``view_px`` high, 4:3), of the same ticked frame as the agent's camera.
 
 Frames are encoded by imageio (FFmpeg through imageio-ffmpeg for the MP4, Pillow for the GIF), headless.
-The top-down view needs the embedded simulator's state; CARLA envs are not supported yet (see README).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -136,8 +140,9 @@ class _LiteView:
         self.camera = TopDownCamera(backend.road, size=self.size, pixels_per_m=self.ppm, ego_row_fraction=self._EGO_ROW)
         self.palette = _palette()
 
-    def render(self, route_points: np.ndarray) -> Image.Image:
+    def render(self) -> Image.Image:
         """The view of the current simulation state."""
+        route_points = np.asarray(self.backend.route.points)
         ego = self.backend.ego
         npcs = self.backend.npcs
         boxes = np.array([[n.position[0], n.position[1], n.heading, n.LENGTH, n.WIDTH] for n in npcs]).reshape(-1, 5)
@@ -161,29 +166,76 @@ class _LiteView:
         return np.stack([centre - left * self.ppm, centre - forward * self.ppm], axis=1)
 
 
+class _ChaseView:
+    """The CARLA chase camera's image of the latest frame, scaled to ``view_px`` high (aspect kept).
+
+    :param backend: the env's CARLA backend (in-process or worker), built with ``chase_camera_size``.
+    :param view_px: height of the view (pixels).
+    """
+
+    def __init__(self, backend: Any, view_px: int) -> None:
+        self.backend = backend
+        self.height = int(view_px)
+
+    def render(self) -> Image.Image:
+        """The chase camera's image of the frame the env returned last."""
+        rgb = self.backend.chase_image
+        if rgb is None:
+            raise RecordError(
+                "this CARLA env has no chase camera: build it with the env kwarg chase_camera_size=(width, height) "
+                "(sb3-av record does)"
+            )
+        image = Image.fromarray(rgb)
+        if image.height != self.height:
+            width = max(round(image.width * self.height / image.height), 1)
+            image = image.resize((width, self.height), Image.Resampling.BILINEAR)
+        return image
+
+
+def _view_for(env: gym.Env, view_px: int, view_ppm: float) -> _LiteView | _ChaseView:
+    """The recording's view of ``env``: Lite's top-down view or CARLA's chase camera.
+
+    :raises RecordError: ``env`` is neither, or a CARLA env without its chase camera.
+    """
+    backend = getattr(env.unwrapped, "backend", None)
+    if backend is not None and all(hasattr(backend, name) for name in ("road", "ego", "npcs")):
+        return _LiteView(backend, view_px, view_ppm)
+    if backend is not None and hasattr(backend, "chase_image"):
+        if getattr(backend.config, "chase_camera_size", None) is None:
+            raise RecordError(
+                f"recording {env.spec.id if env.spec else 'a CARLA env'} needs its chase camera: build the env with "
+                "the env kwarg chase_camera_size=(width, height) (sb3-av record does)"
+            )
+        return _ChaseView(backend, view_px)
+    raise RecordError(
+        "recording needs a driving env: a LiteScenario env, or a CarlaScenario env with chase_camera_size; "
+        f"got {env.spec.id if env.spec else env}"
+    )
+
+
 def compose_frame(view: Image.Image, agent_stack: np.ndarray, overlay: StepOverlay, font: Any = None) -> np.ndarray:
     """One video frame: the view, the agent's frames in a grid beside it, the text panel below.
 
-    :param view: the top-down view (RGB, square).
+    :param view: the scene (RGB): Lite's top-down view (square) or CARLA's chase camera image (any width).
     :param agent_stack: ``(stack, H, W)`` uint8, the agent's observation image (newest last).
     :param overlay: the panel's content.
     :param font: a PIL font (default: Pillow's built-in font at 14 px).
     :return: ``(height, width, 3)`` uint8 RGB, both sides multiples of 16.
     """
     font = font or ImageFont.load_default(size=_FONT_PX)
-    side = view.size[1]
+    view_width, side = view.size
     n_frames = agent_stack.shape[0]
     cols = math.ceil(math.sqrt(n_frames))
     rows = math.ceil(n_frames / cols)
     tile = (side - _GAP_PX * (rows - 1)) // rows
-    width = _round_up(side + _GAP_PX + cols * tile + _GAP_PX * (cols - 1), _MACRO_BLOCK)
+    width = _round_up(view_width + _GAP_PX + cols * tile + _GAP_PX * (cols - 1), _MACRO_BLOCK)
     height = _round_up(side + _PANEL_LINES * _LINE_PX + _GAP_PX, _MACRO_BLOCK)
     canvas = Image.new("RGB", (width, height), _PANEL_RGB)
     canvas.paste(view, (0, 0))
     for k in range(n_frames):
         frame = Image.fromarray(agent_stack[k]).convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
         row, col = divmod(k, cols)
-        canvas.paste(frame, (side + _GAP_PX + col * (tile + _GAP_PX), row * (tile + _GAP_PX)))
+        canvas.paste(frame, (view_width + _GAP_PX + col * (tile + _GAP_PX), row * (tile + _GAP_PX)))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(overlay.lines()):
         colour = _ALERT_RGB if line and line in (overlay.alerts, overlay.ending) else _TEXT_RGB
@@ -223,22 +275,18 @@ def record_episodes(
     """Run deterministic evaluation episodes and yield their video frames (one per agent step).
 
     :param agent: a model with ``predict`` (SB3 style) or a :class:`~sb3_av.baselines.PIDPurePursuit`.
-    :param env: a Lite driving env (``gym.make("LiteScenario0-v0", ...)``; wrappers are fine).
+    :param env: a driving env (wrappers are fine): Lite (``gym.make("LiteScenario0-v0", ...)``) or CARLA built with
+        its chase camera (``gym.make("CarlaScenario0-v0", chase_camera_size=(480, 352), ...)``).
     :param n_episodes: episodes to record.
     :param seed: seed of the first episode; episode k uses ``seed + k`` (as :func:`sb3_av.evaluation.evaluate`).
     :param title: first text line (episode and seed are appended).
     :param alerts: the alert line (see :func:`alerts_line`).
-    :param view_px: side of the top-down view (pixels).
-    :param view_ppm: its scale (pixels per metre).
+    :param view_px: side of the top-down view, or height of the chase camera view (pixels).
+    :param view_ppm: the top-down view's scale (pixels per metre).
     :param hold_last_s: the last frame of each episode is repeated for this long (simulation seconds).
-    :raises RecordError: the env is not the embedded simulator.
+    :raises RecordError: the env is neither a Lite env nor a CARLA env with its chase camera.
     """
-    backend = getattr(env.unwrapped, "backend", None)
-    if backend is None or not all(hasattr(backend, name) for name in ("road", "ego", "npcs")):
-        raise RecordError(
-            f"recording needs the embedded simulator's state (a LiteScenario env); got {env.spec.id if env.spec else env}"
-        )
-    view = _LiteView(backend, view_px, view_ppm)
+    view = _view_for(env, view_px, view_ppm)
     font = ImageFont.load_default(size=_FONT_PX)
     controller = isinstance(agent, PIDPurePursuit)
     for episode in range(n_episodes):
@@ -246,7 +294,6 @@ def record_episodes(
         obs, info = env.reset(seed=episode_seed)
         if controller:
             agent.reset()
-        route_points = np.asarray(backend.route.points)
         heading = f"{title}  episode {episode + 1}/{n_episodes}" + (
             f"  seed {episode_seed}" if episode_seed is not None else ""
         )
@@ -260,7 +307,7 @@ def record_episodes(
             overlay = StepOverlay(
                 heading, step, info["sim_time_s"], info["speed_ms"], np.asarray(action), info["reward_terms"], alerts, ending
             )
-            frame = compose_frame(view.render(route_points), obs["image"], overlay, font)
+            frame = compose_frame(view.render(), obs["image"], overlay, font)
             yield frame
         assert frame is not None  # an episode has at least one step
         dt = float(info["sim_time_s"]) / step
@@ -271,7 +318,7 @@ def record_episodes(
 def _ending(info: dict[str, Any], truncated: bool) -> str:
     if info.get("is_success"):
         outcome = "success: route completed"
-    elif truncated and not info.get("termination"):
+    elif truncated and info.get("termination") in (None, "time_limit"):
         outcome = "time limit"
     else:
         outcome = f"ended: {info.get('termination')}"
@@ -357,12 +404,15 @@ def record_target(
     :param target: the :class:`sb3_av.zoo.enjoy.Target` it came from (env kwargs, run folder).
     :param log_dir: where the run's TensorBoard events are (default: the run folder), for the alert line.
     :return: the files written.
-    :raises RecordError: the output is not an ``.mp4`` path, or the env is not the embedded simulator.
+    :raises RecordError: the output is not an ``.mp4`` path, or the env is not a driving env.
     """
     from sb3_av.zoo.enjoy import make_env_for
 
     if out.suffix.lower() != ".mp4":
         raise RecordError(f"the video path must end in .mp4 (a .gif is written beside it), got {out}")
+    if _is_carla(env_id) and "chase_camera_size" not in target.env_kwargs:  # the view: a chase camera, view_px high
+        chase = (_round_up(round(view_px * 4 / 3), _MACRO_BLOCK), view_px)
+        target = dataclasses.replace(target, env_kwargs={**target.env_kwargs, "chase_camera_size": chase})
     out.parent.mkdir(parents=True, exist_ok=True)
     events = log_dir or target.run_dir
     alerts = alerts_line(read_alerts(events), int(model.num_timesteps)) if model is not None and events else ""
@@ -385,6 +435,16 @@ def record_target(
     return written
 
 
+def _is_carla(env_id: str) -> bool:
+    """Whether ``env_id`` is registered as a CARLA driving env."""
+    from sb3_av.envs import ENTRY_POINTS
+
+    try:
+        return gym.spec(env_id).entry_point == ENTRY_POINTS["carla"]
+    except gym.error.Error:
+        return False
+
+
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sb3-av record``: what to run (as ``sb3-av evaluate``), where to write, how many episodes."""
     from sb3_av.zoo.enjoy import add_target_arguments
@@ -398,7 +458,12 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tb-log", type=Path, help="the run's TensorBoard folder, for the alert line (default: the run folder)"
     )
-    parser.add_argument("--view-px", type=int, default=352, help="side of the top-down view in pixels (default: 352)")
+    parser.add_argument(
+        "--view-px",
+        type=int,
+        default=352,
+        help="side of the top-down view (Lite), height of the chase camera view (CARLA), in pixels (default: 352)",
+    )
 
 
 def run_record_command(args: argparse.Namespace) -> int:

@@ -10,6 +10,11 @@ town name gets a small one-road map (:data:`_XODR`). The spawn points (level dat
 map's driving waypoints outside junctions, 10 m apart, in a fixed order. The stand-in implements only the calls
 the backend makes, records them, and checks the rules the backend must keep (``violations``).
 
+Every ``sensor.camera.rgb`` (the agent's and a chase camera alike) sees the scene from its world transform (its
+parent's composed with the one it was attached with) through a pinhole of its ``fov`` and image size
+(:func:`render_camera`): the flat ground of the map (grass in 4 m tiles, roads, dashed lane edges) and the vehicles
+as boxes, under a sky of one gray value that encodes the frame the image belongs to (:meth:`StandinServer.image_value`).
+
 Two things cannot be built without a server and are stand-ins: ``ActorBlueprint`` (so
 ``carla.command.SpawnActor(blueprint, transform)`` is replaced, in :data:`standin_carla`, by a function
 that returns a real ``carla.command.SpawnActor`` carrying the stand-in blueprint) and sensor data
@@ -56,8 +61,18 @@ from pathlib import Path
 from typing import Any
 
 import carla
+import numpy as np
+from PIL import Image, ImageDraw
 
-__all__ = ["TOWN01_XODR", "StandinNetwork", "StandinServer", "api_mismatches", "crossed_lane_edge", "standin_carla"]
+__all__ = [
+    "TOWN01_XODR",
+    "StandinNetwork",
+    "StandinServer",
+    "api_mismatches",
+    "crossed_lane_edge",
+    "render_camera",
+    "standin_carla",
+]
 
 CLIENT_VERSION = carla.Client("127.0.0.1", 1).get_client_version()  # the real client's version, no connection made
 _TIMEOUT = "time-out of {ms}ms while waiting for the simulator, make sure the simulator is ready and connected to {addr}"
@@ -217,6 +232,135 @@ def _real_map(town: str) -> Any:
     return _MAPS[town]
 
 
+# ---------------------------------------------------------------------------------------------- what a camera sees
+_GRASS_RGB = np.array([[52, 96, 48], [64, 112, 58]], dtype=np.uint8)  # alternating 4 m tiles, so motion shows
+_ROAD_RGB = (82, 82, 88)
+_MARK_RGB = (228, 228, 228)
+_CELL_M = 0.25  # ground raster resolution
+_TILE_M = 4.0
+_FAR_M = 200.0  # the ground beyond this is not drawn (the sky's value instead)
+_BOX_M = (4.6, 2.0, 1.5)  # vehicles: length, width, height
+_EGO_RGB = (40, 90, 220)
+_NPC_RGB = ((200, 50, 50), (220, 140, 40), (150, 60, 170), (230, 230, 230))
+_RASTERS: dict[str, tuple[np.ndarray, float, float]] = {}
+
+
+def _ground(town: str) -> tuple[np.ndarray, float, float]:
+    """The town's ground seen from above: 0 grass, 1 road, 2 lane marking (dashed, 1.5 m of every 3 m of a lane's
+    edge), one cell per :data:`_CELL_M` metres, built once per process from the map's driving waypoints.
+
+    :return: (raster indexed ``[ix, iy]``, x of cell 0, y of cell 0), CARLA coordinates (m).
+    """
+    if town in _RASTERS:
+        return _RASTERS[town]
+    wps = _real_map(town).generate_waypoints(0.5)
+    table = [(w.transform.location.x, w.transform.location.y, w.transform.rotation.yaw, w.lane_width, w.s) for w in wps]
+    x, y, yaw, width, s = np.array(table).T
+    yaw = np.radians(yaw)
+    fx, fy, rx, ry = np.cos(yaw), np.sin(yaw), -np.sin(yaw), np.cos(yaw)  # forward, right (CARLA: y to the right)
+    x0, y0 = x.min() - 30.0, y.min() - 30.0
+    raster = np.zeros((int((x.max() + 30.0 - x0) / _CELL_M) + 1, int((y.max() + 30.0 - y0) / _CELL_M) + 1), np.uint8)
+
+    def paint(px: np.ndarray, py: np.ndarray, value: int) -> None:
+        raster[((px - x0) / _CELL_M).astype(int), ((py - y0) / _CELL_M).astype(int)] = value
+
+    for along in np.arange(-0.25, 0.26, 0.125):
+        for side in np.linspace(-0.5, 0.5, 33):
+            paint(x + along * fx + side * width * rx, y + along * fy + side * width * ry, 1)
+    dashed = (s % 3.0) < 1.5
+    for along in np.arange(-0.25, 0.26, 0.125):
+        for side in (-0.5, 0.5):
+            lx, ly = x + along * fx + side * width * rx, y + along * fy + side * width * ry
+            paint(lx[dashed], ly[dashed], 2)
+    _RASTERS[town] = (raster, float(x0), float(y0))
+    return _RASTERS[town]
+
+
+def _camera_basis(transform: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward, right and up unit vectors of a camera (CARLA's left-handed frame: yaw clockwise seen from above)."""
+    yaw, pitch = math.radians(transform.rotation.yaw), math.radians(transform.rotation.pitch)
+    forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
+    right = np.array([-math.sin(yaw), math.cos(yaw), 0.0])
+    up = np.array([-math.sin(pitch) * math.cos(yaw), -math.sin(pitch) * math.sin(yaw), math.cos(pitch)])
+    return forward, right, up
+
+
+def render_camera(server: StandinServer, camera: StandinActor, frame: int, w: int, h: int, fov_deg: float) -> bytes:
+    """What a ``sensor.camera.rgb`` of the stand-in sees, as BGRA bytes: a pinhole view (``fov_deg`` horizontal)
+    from the camera's world transform of the flat ground (grass, roads, dashed lane edges of the map) and of every
+    vehicle as a box (the ego blue, NPCs in a colour per model; a box reaching behind the camera is left out). The sky
+    is one gray value, :meth:`StandinServer.image_value` of ``frame``: tests read the frame an image belongs to there.
+    """
+    tf = camera.get_transform()
+    forward, right, up = _camera_basis(tf)
+    focal = w / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+    u = (np.arange(w) + 0.5 - w / 2.0) / focal
+    v = (np.arange(h) + 0.5 - h / 2.0) / focal
+    rays = forward[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]
+    cam = np.array([tf.location.x, tf.location.y, tf.location.z])
+    down = rays[..., 2] < -1e-6
+    t = np.where(down, -cam[2] / np.where(down, rays[..., 2], -1.0), np.inf)
+    gx, gy = cam[0] + t * rays[..., 0], cam[1] + t * rays[..., 1]
+    ground = down & (t * np.linalg.norm(rays, axis=-1) < _FAR_M)
+    sky = server.image_value(frame, camera)
+    rgb = np.full((h, w, 3), sky, dtype=np.uint8)
+    raster, x0, y0 = _ground(server.town)
+    gx, gy = np.where(ground, gx, 0.0), np.where(ground, gy, 0.0)
+    ix, iy = np.floor((gx - x0) / _CELL_M).astype(int), np.floor((gy - y0) / _CELL_M).astype(int)
+    inside = ground & (ix >= 0) & (ix < raster.shape[0]) & (iy >= 0) & (iy < raster.shape[1])
+    kind = np.where(inside, raster[np.clip(ix, 0, raster.shape[0] - 1), np.clip(iy, 0, raster.shape[1] - 1)], 0)
+    tile = (np.floor(gx / _TILE_M) + np.floor(gy / _TILE_M)).astype(int) % 2
+    rgb[ground] = _GRASS_RGB[tile[ground]]
+    rgb[ground & (kind == 1)] = _ROAD_RGB
+    rgb[ground & (kind == 2)] = _MARK_RGB
+    image = Image.fromarray(rgb)
+    _draw_vehicles(ImageDraw.Draw(image), server, cam, (forward, right, up), focal, (w, h))
+    bgra = np.empty((h, w, 4), dtype=np.uint8)
+    bgra[..., :3] = np.asarray(image)[..., ::-1]
+    bgra[..., 3] = 255
+    return bgra.tobytes()
+
+
+def _draw_vehicles(draw: Any, server: StandinServer, cam: np.ndarray, basis: tuple, focal: float, size: tuple) -> None:
+    """Every vehicle as a box, the farthest first (its faces that look at the camera, shaded by their direction)."""
+    forward, right, up = basis
+    w, h = size
+    length, width, height = _BOX_M
+    unit = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])
+    faces = {  # corner indices (into ``unit``), outward normal in the box frame, shade
+        (0, 2, 6, 4): ((0, 0, -1), 0.0),  # bottom: never seen from above the ground
+        (1, 3, 7, 5): ((0, 0, 1), 1.0),
+        (4, 5, 7, 6): ((1, 0, 0), 0.8),
+        (0, 1, 3, 2): ((-1, 0, 0), 0.8),
+        (2, 3, 7, 6): ((0, 1, 0), 0.65),
+        (0, 1, 5, 4): ((0, -1, 0), 0.65),
+    }
+    boxes = []
+    for vehicle in server.alive("vehicle."):
+        loc, yaw = vehicle.get_transform().location, math.radians(vehicle.get_transform().rotation.yaw)
+        centre = np.array([loc.x, loc.y, 0.0])
+        distance = float(np.linalg.norm(centre - cam))
+        if distance > _FAR_M:
+            continue
+        rot = np.array([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+        corners = centre + (unit * [length, width, height]) @ rot.T
+        rel = corners - cam
+        depth = rel @ forward
+        if np.any(depth < 0.3):
+            continue
+        px = np.stack([w / 2.0 + focal * (rel @ right) / depth, h / 2.0 - focal * (rel @ up) / depth], axis=1)
+        ego = str(vehicle.attributes.get("role_name", "")).endswith(":ego")
+        npc_rgb = _NPC_RGB[sum(vehicle.type_id.encode()) % len(_NPC_RGB)]  # by model: a seed gives the same picture
+        colour = np.array(_EGO_RGB if ego else npc_rgb, dtype=float)
+        boxes.append((distance, corners, px, rot, colour))
+    for _, corners, px, rot, colour in sorted(boxes, key=lambda b: -b[0]):
+        for index, (normal, shade) in faces.items():
+            centre = corners[list(index)].mean(axis=0)
+            if np.dot(rot @ np.array(normal, dtype=float), centre - cam) >= 0:  # facing away from the camera
+                continue
+            draw.polygon([tuple(px[i]) for i in index], fill=tuple(int(c * shade) for c in colour))
+
+
 def _lane_key(waypoint: Any) -> tuple[int, int]:
     return (waypoint.road_id, waypoint.lane_id) if waypoint is not None else (-1, 0)
 
@@ -370,7 +514,7 @@ def _blueprints() -> list[StandinBlueprint]:
 
 @dataclass
 class StandinImage:
-    """A camera image: BGRA bytes, the top half one gray value (see :meth:`StandinServer.image_value`)."""
+    """A camera image: BGRA bytes of the scene (:func:`render_camera`), the sky one gray value marking its frame."""
 
     _REAL = carla.Image
     frame: int
@@ -457,9 +601,17 @@ class StandinActor(ActorDescription):
         return self._alive
 
     def get_transform(self) -> Any:
+        """The world transform; an attached actor's is its parent's composed with the transform it was spawned with."""
+        own = self._transform
         if self._parent is None:
-            return carla.Transform(self._transform.location, self._transform.rotation)
-        return self._parent.get_transform()
+            return carla.Transform(own.location, own.rotation)
+        parent = self._parent.get_transform()
+        location = carla.Location(own.location.x, own.location.y, own.location.z)
+        parent.transform(location)  # in place: relative -> world (vehicles here only yaw)
+        rot = parent.rotation
+        return carla.Transform(
+            location, carla.Rotation(pitch=rot.pitch + own.rotation.pitch, yaw=rot.yaw + own.rotation.yaw, roll=rot.roll)
+        )
 
     def get_location(self) -> Any:
         return self.get_transform().location
@@ -922,6 +1074,7 @@ class StandinServer:
                 actor._advance(dt)
         drop = self.drop_images > 0
         self.drop_images = max(self.drop_images - 1, 0)
+        stale, self.stale_images = self.stale_images, 0
         for sensor in [a for a in self.alive("sensor.") if isinstance(a, StandinSensor)]:
             deliver = sensor.callback
             if deliver is None:
@@ -933,8 +1086,7 @@ class StandinServer:
                     sensor._first_dropped = True
                     continue
                 w, h = int(sensor._attributes["image_size_x"]), int(sensor._attributes["image_size_y"])
-                while self.stale_images > 0:
-                    self.stale_images -= 1
+                for _ in range(stale):  # every camera gets them (a second camera follows the same rules)
                     deliver(self._image(self.frame - 1, w, h, sensor))
                 if not drop:
                     deliver(self._image(self.frame, w, h, sensor))
@@ -946,14 +1098,13 @@ class StandinServer:
 
     @staticmethod
     def image_value(frame: int, camera: StandinActor) -> int:
-        """The gray value of every pixel of ``camera``'s image of ``frame`` (frames since it was spawned, mod 256)."""
+        """The gray value of the sky in ``camera``'s image of ``frame`` (frames since it was spawned, mod 256)."""
         return (frame - camera._spawn_frame) % 256
 
     def _image(self, frame: int, w: int, h: int, sensor: StandinSensor) -> StandinImage:
-        value = self.image_value(frame, sensor)
-        top, bottom = bytes([value, value, value, 255]), bytes([255 - value] * 3 + [255])
-        raw = top * (w * (h // 2)) + bottom * (w * (h - h // 2))  # top half: the value; bottom half: its inverse
+        """The camera's image of ``frame``: the scene as it is now (:func:`render_camera`), its sky marking ``frame``."""
         fov = float(sensor._attributes["fov"])
+        raw = render_camera(self, sensor, frame, w, h, fov)
         return StandinImage(frame, frame * 0.05, w, h, fov, raw, sensor.get_transform())
 
 
@@ -1009,7 +1160,18 @@ _STANDINS = (
     StandinClient,
 )
 _NOT_CARLA = {
-    "copy", "speed", "control", "callback", "seeds", "distance", "synchronous", "port", "value", "ticks", "resets", "shut"
+    "copy",
+    "speed",
+    "control",
+    "callback",
+    "seeds",
+    "distance",
+    "synchronous",
+    "port",
+    "value",
+    "ticks",
+    "resets",
+    "shut",
 }
 
 

@@ -124,9 +124,7 @@ _DECODERS: dict[str, Any] = {
     "$L": lambda x, se, sv: carla.Location(*x[1:]),
     "$R": lambda x, se, sv: carla.Rotation(*x[1:]),
     "$V": lambda x, se, sv: carla.Vector3D(*x[1:]),
-    "$VC": lambda x, se, sv: carla.VehicleControl(
-        throttle=x[1], steer=x[2], brake=x[3], hand_brake=x[4], reverse=x[5]
-    ),
+    "$VC": lambda x, se, sv: carla.VehicleControl(throttle=x[1], steer=x[2], brake=x[3], hand_brake=x[4], reverse=x[5]),
     "$WS": lambda x, se, sv: _settings(x[1]),
     "$SA": lambda x, se, sv: _spawn_cmd(x[1], x[2]),
     "$DA": lambda x, se, sv: carla.command.DestroyActor(x[1]),
@@ -617,6 +615,8 @@ def _control(server: cs.StandinServer, method: str, args: list) -> Any:
         return server.episode
     if method == "frame":
         return server.frame
+    if method == "image_value":  # the sky value of camera ``args[0]``'s image of the current frame
+        return server.image_value(server.frame, server.actors[args[0]])
     raise ValueError(f"unknown control {method!r}")
 
 
@@ -728,4 +728,3 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
-

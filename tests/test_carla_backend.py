@@ -28,7 +28,7 @@ from sb3_av.envs.carla.backend import CarlaBackend, _server_lost
 from sb3_av.envs.carla.errors import CarlaSensorTimeout, CarlaServerRestarted
 from sb3_av.envs.carla.route import carla_to_world_xy, carla_to_world_yaw, spawn_transform, start_waypoint
 from sb3_av.envs.carla.route import world_to_carla_steer
-from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray, bgra_to_rgb
 from tests import carla_standin as cs
 
 
@@ -213,6 +213,93 @@ def test_collision_event_is_reported(net):
     assert frame.collision is True and frame.extra["collision_with"]
     assert backend.step(0.0, 0.0, 0.0).collision is False
     backend.close()
+
+
+def _chase_camera(server: cs.StandinServer) -> cs.StandinActor:
+    (camera,) = [a for a in server.alive("sensor.camera") if a.attributes["role_name"].endswith(":chase")]
+    return camera
+
+
+def _ego_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Where the stand-in draws the ego (blue, any of its shades), as a boolean mask."""
+    return (rgb[..., 2] > 120) & (rgb[..., 0] < 60) & (rgb[..., 1] < 110)
+
+
+def test_bgra_to_rgb():
+    raw = np.zeros((2, 3, 4), np.uint8)
+    raw[0, 0] = (10, 20, 30, 255)  # B, G, R, A
+    rgb = bgra_to_rgb(raw.tobytes(), width=3, height=2)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8 and tuple(rgb[0, 0]) == (30, 20, 10)
+    with pytest.raises(ValueError, match="needs 24 bytes"):
+        bgra_to_rgb(b"\x00" * 10, width=3, height=2)
+
+
+def test_chase_camera_is_off_by_default_and_its_size_is_validated(net):
+    assert CarlaConfig().chase_camera_size is None
+    assert CarlaConfig(chase_camera_size=64).chase_camera_size == (64, 64)
+    assert CarlaConfig(chase_camera_size=[320, 240]).chase_camera_size == (320, 240)
+    for bad in (8, (320,), (320, 8), (320.0, 240), "320x240", True):
+        with pytest.raises(ValueError, match="chase_camera_size must be None, an int or"):
+            CarlaConfig(chase_camera_size=bad)
+    server = net.add()
+    backend = _backend(net)
+    backend.reset(seed=0)
+    assert len(server.alive("sensor.camera")) == 1 and backend.chase_image is None  # training pays for no second camera
+    backend.close()
+
+
+def test_chase_camera_sees_the_ego_from_behind_in_the_ticked_frame(net):
+    server = net.add()
+    backend = _backend(net, chase_camera_size=(160, 120))
+    backend.reset(seed=0)
+    chase = _chase_camera(server)
+    assert chase.parent is backend._ego and chase.attributes["image_size_x"] == "160"
+    assert (chase.attributes["image_size_y"], chase.attributes["fov"]) == ("120", "90.0")
+    ego, cam = backend._ego.get_transform(), chase.get_transform()
+    yaw = math.radians(ego.rotation.yaw)
+    assert cam.location.x == pytest.approx(ego.location.x - 6.0 * math.cos(yaw), abs=1e-3)  # 6 m behind, 3 m above
+    assert cam.location.y == pytest.approx(ego.location.y - 6.0 * math.sin(yaw), abs=1e-3)
+    assert cam.location.z == pytest.approx(ego.location.z + 3.0, abs=1e-3)
+    assert cam.rotation.pitch == pytest.approx(-15.0)
+    first = backend.chase_image.copy()
+    assert first.shape == (120, 160, 3) and first.dtype == np.uint8
+    assert tuple(first[0, 0]) == (server.image_value(server.frame, chase),) * 3  # the sky marks the image's frame
+    assert _ego_pixels(first)[60:, 40:120].sum() > 500  # the ego, in front of the camera, low in the picture
+    server.stale_images = 3  # stale images reach both cameras; each queue drops them
+    for _ in range(30):
+        frame = backend.step(0.0, 1.0, 0.0)
+        image = backend.chase_image
+        assert tuple(image[0, 0]) == (server.image_value(server.frame, chase),) * 3
+        assert int(frame.image[0, 0]) == server.image_value(server.frame, server.alive("sensor.camera")[0])
+    assert frame.speed_ms > 3.0
+    ground = slice(70, 120)
+    assert np.abs(image[ground].astype(int) - first[ground].astype(int)).mean() > 2.0  # the road moved under the car
+    assert image[ground].std() > 20  # a scene, not a blank frame
+    sensor_ids = {a.id for a in server.alive("sensor.")}
+    backend.close()
+    assert chase.id in {args[0] for m, args in server.calls if m == "sensor.stop"} and chase.id in sensor_ids
+    assert _own(server, backend) == [] and server.violations == []  # stopped, and destroyed before the ego
+
+
+def test_chase_camera_is_bookkept_like_the_other_sensors(net):
+    server = net.add()
+    backend = _backend(net, chase_camera_size=64)
+    for i in range(5):
+        if i % 2:
+            server.fail("world.spawn_actor", skip=3, error="bad attribute")  # the chase camera (4th sensor) refused
+            with pytest.raises(CarlaBackendError, match="chase camera"):
+                backend.reset(seed=i)
+            assert _own(server, backend) == []
+            continue
+        backend.reset(seed=i)
+        own = _own(server, backend)
+        assert len(own) == 1 + 4 + 5 and sum(a.type_id == "sensor.camera.rgb" for a in own) == 2
+    _chase_camera(server).callback = lambda data: None  # the chase camera's images are lost from now on
+    frame = backend.step(0.0, 0.5, 0.0)
+    assert frame.extra["episode_restarted"] is True and "chase camera" in frame.extra["restart_cause"]
+    assert len(_own(server, backend)) == 1 + 4 + 5  # a new episode with a new chase camera, the old one gone
+    backend.close()
+    assert _own(server, backend) == [] and server.violations == []
 
 
 # ---------------------------------------------------------------------------------------------- actor bookkeeping

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -160,6 +161,28 @@ def test_the_env_runs_its_client_in_a_worker_and_leaves_no_actor(client):
     finally:
         env.close()
     assert _ours(client) == []
+
+
+def test_record_films_one_episode_with_the_chase_camera(client, tmp_path, capsys):
+    """``sb3-av record`` on CARLA: the chase camera's view (a rendered scene) beside the agent's frames, no actor left."""
+    import imageio.v2 as imageio
+
+    from sb3_av.cli import main
+
+    out = tmp_path / "carla.mp4"
+    kwargs = [f"host:{HOST}", f"port:{PORT}", "max_steps:40", "npc_vehicles:10"]
+    argv = ["record", "--baseline", "--env", "CarlaScenario0-v0", "-o", str(out), "--view-px", "240", "--seed", "0"]
+    assert main([*argv, "--env-kwargs", *kwargs]) == 0
+    frames = int(re.search(r"CarlaScenario0-v0: (\d+) frames ->", capsys.readouterr().out).group(1))
+    assert 20 + 1 <= frames <= 20 + 40  # the episode's steps (at most max_steps), then the last frame held 1 s at 20 Hz
+    video = imageio.get_reader(out)
+    assert video.count_frames() == frames and out.with_suffix(".gif").is_file()
+    first, last = video.get_data(0), video.get_data(frames - 21)
+    assert first.shape[:2] == (352, 576)  # the 320x240 chase view, the agent's 2x2 tiles of 116 px, the panel
+    view_first, view_last = first[:240, :320].astype(int), last[:240, :320].astype(int)
+    assert view_first[120:].std() > 5.0  # a rendered scene, not a blank frame
+    assert np.abs(view_last - view_first).mean() > 2.0  # the PID baseline drove: the view changed
+    assert _ours(client) == []  # the chase camera too was destroyed (before the ego)
 
 
 @pytest.mark.skipif(not CONTAINER, reason="needs CARLA_DOCKER_CONTAINER: the docker container of the server to restart")

@@ -90,6 +90,26 @@ def test_remote_standin_offers_only_real_carla_api():
     assert remote.remote_api_mismatches() == []
 
 
+def test_the_chase_camera_image_reaches_the_env_through_shared_memory(servers):
+    server = servers()
+    env = _env(server, chase_camera_size=(96, 64))
+    assert env.backend.chase_image is None
+    env.reset(seed=0)
+    (chase_id,) = [a[0] for a in server.control("alive") if a[2].endswith(":chase")]
+    assert len(server.own_actors()) == N_EPISODE_ACTORS + 1
+    images = [env.backend.chase_image]
+    for _ in range(8):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 1.0], np.float32))
+        image = env.backend.chase_image
+        assert image.shape == (64, 96, 3) and image is not images[-1]  # a copy of each frame's image
+        assert tuple(image[0, 0]) == (server.control("image_value", chase_id),) * 3  # of the ticked frame
+        images.append(image)
+    assert not (terminated or truncated) and info["speed_ms"] > 1.0
+    assert images[-1][32:].std() > 20 and not np.array_equal(images[0][32:], images[-1][32:])  # the scene, moving
+    env.close()
+    _assert_clean(server)
+
+
 def test_env_runs_in_its_own_worker_process(servers):
     server = servers(tick_s=0.02)  # a tick takes 20 ms of the server's time
     env = _env(server)

@@ -37,7 +37,7 @@ from sb3_av.envs.carla.connection import CarlaConnection
 from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConnectionError, CarlaSensorTimeout
 from sb3_av.envs.carla.route import build_route, carla_to_world_xy, carla_to_world_yaw, route_spec, world_to_carla_steer
 from sb3_av.envs.carla.route import CarlaRouteError, RouteStart, spawn_transform, start_waypoint
-from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray, bgra_to_rgb
 
 __all__ = ["CarlaBackend", "import_carla"]
 
@@ -63,6 +63,10 @@ _FIRST_IMAGE_TICKS = 3
 
 _CAMERA_LOCATION = (1.5, 0.0, 2.4)  # x forward, y right, z up (m) relative to the ego, CARLA frame
 _CAMERA_PITCH_DEG = -10.0
+#: The chase camera (``chase_camera_size``): behind and above the ego, looking down at it and the road ahead.
+_CHASE_LOCATION = (-6.0, 0.0, 3.0)
+_CHASE_PITCH_DEG = -15.0
+_CHASE_FOV_DEG = 90.0
 
 
 def _server_lost(exc: BaseException) -> bool:
@@ -134,6 +138,8 @@ class CarlaBackend(DrivingBackend):
         self._npc_ids: list[int] = []
         self._dirty = False  # a cleanup failed: sweep by tag when the server is back
         self._camera = FrameQueue("camera")
+        self._chase = FrameQueue("chase camera")
+        self._chase_image: np.ndarray | None = None
         self._collisions = EventQueue("collision")
         self._lane_invasions = EventQueue("lane_invasion")
         self._start_frame = 0
@@ -230,6 +236,12 @@ class CarlaBackend(DrivingBackend):
             frame = self.reset()
             return replace(frame, extra={**frame.extra, "episode_restarted": True, "restart_cause": str(exc)[:200]})
 
+    @property
+    def chase_image(self) -> np.ndarray | None:
+        """The chase camera's RGB image of the latest frame, ``(height, width, 3)`` uint8 (``chase_camera_size``);
+        None when the chase camera is off or before the first :meth:`reset`."""
+        return self._chase_image
+
     def close(self) -> None:
         """Destroy this env's actors (sensors first) and restore the world settings; idempotent."""
         if self._closed:
@@ -268,12 +280,12 @@ class CarlaBackend(DrivingBackend):
         self._attach_sensors(world, library, self._ego)
         self._stage = f"spawning {self.config.npc_vehicles} NPC vehicles"
         self._spawn_npcs(library, rng)
-        frame_id, image = self._first_image(world)
+        frame_id, image, chase = self._first_image(world)
         self._start_frame = frame_id
         self._collisions.take(frame_id)  # contacts while settling on the ground are not the agent's
         self._lane_invasions.take(frame_id)
         self._episode_ready = True
-        return self._frame(frame_id, image, collisions=[], lane_invasions=[])
+        return self._frame(frame_id, image, collisions=[], lane_invasions=[], chase=chase)
 
     def _spawn_ego(self, world: Any, library: Any) -> Any:
         """Spawn the ego at the route's start, ticking between tries while another actor blocks the spot."""
@@ -297,9 +309,11 @@ class CarlaBackend(DrivingBackend):
         )
 
     def _attach_sensors(self, world: Any, library: Any, ego: Any) -> None:
-        """The camera, collision and lane-invasion sensors on the ego, each feeding its frame-matched queue."""
+        """The camera, collision and lane-invasion sensors (and the chase camera, if on) on the ego, each feeding its
+        frame-matched queue."""
         carla = self._carla
         self._camera = FrameQueue("camera")
+        self._chase = FrameQueue("chase camera")
         self._collisions = EventQueue("collision")
         self._lane_invasions = EventQueue("lane_invasion")
         self._stage = "setting up the camera blueprint (camera_size, camera_fov_deg)"
@@ -321,18 +335,40 @@ class CarlaBackend(DrivingBackend):
             sensor = world.spawn_actor(bp, transform, attach_to=ego)
             self._sensors.append(sensor)
             sensor.listen(sink)
+        if self.config.chase_camera_size is not None:
+            self._attach_chase_camera(world, library, ego, self.config.chase_camera_size)
 
-    def _first_image(self, world: Any) -> tuple[int, Any]:
-        """Tick until the camera delivers the image of the ticked frame (at most ``_FIRST_IMAGE_TICKS`` ticks).
+    def _attach_chase_camera(self, world: Any, library: Any, ego: Any, size: tuple[int, int]) -> None:
+        """The chase camera: a second ``sensor.camera.rgb``, rigidly attached behind and above the ego.
 
-        :return: (frame id, image).
+        Rigid (not a spring arm): the image of frame N shows the ego where frame N put it, with no lag to match.
+        """
+        carla = self._carla
+        self._stage = "setting up the chase camera blueprint (chase_camera_size)"
+        bp = self._find_blueprint(library, "sensor.camera.rgb")
+        for key, value in (("image_size_x", size[0]), ("image_size_y", size[1]), ("fov", _CHASE_FOV_DEG)):
+            bp.set_attribute(key, str(value))
+        if bp.has_attribute("sensor_tick"):
+            bp.set_attribute("sensor_tick", "0.0")
+        self._tag_blueprint(bp, "chase")
+        self._stage = "spawning the chase camera on the ego"
+        transform = carla.Transform(carla.Location(*_CHASE_LOCATION), carla.Rotation(pitch=_CHASE_PITCH_DEG))
+        sensor = world.spawn_actor(bp, transform, attach_to=ego)
+        self._sensors.append(sensor)
+        sensor.listen(self._chase.put)
+
+    def _first_image(self, world: Any) -> tuple[int, Any, Any]:
+        """Tick until the camera (and the chase camera, if on) delivers the image of the ticked frame (at most
+        ``_FIRST_IMAGE_TICKS`` ticks).
+
+        :return: (frame id, image, chase image or None).
         """
         self._stage = "ticking the world after the spawns"
         world.tick(self.config.timeout_s)  # the sensors' streams settle; the image of this frame may be lost
         for k in range(_FIRST_IMAGE_TICKS):
             frame_id = world.tick(self.config.timeout_s)
             try:
-                return frame_id, self._camera.get(frame_id, self.config.sensor_timeout_s)
+                return frame_id, self._camera.get(frame_id, self.config.sensor_timeout_s), self._chase_of(frame_id)
             except CarlaSensorTimeout:
                 if k == _FIRST_IMAGE_TICKS - 1:
                     raise
@@ -346,11 +382,22 @@ class CarlaBackend(DrivingBackend):
         self._ego.apply_control(control)
         frame_id = self.conn.world.tick(self.config.timeout_s)
         image = self._camera.get(frame_id, self.config.sensor_timeout_s)
+        chase = self._chase_of(frame_id)
         return self._frame(
-            frame_id, image, collisions=self._collisions.take(frame_id), lane_invasions=self._lane_invasions.take(frame_id)
+            frame_id,
+            image,
+            collisions=self._collisions.take(frame_id),
+            lane_invasions=self._lane_invasions.take(frame_id),
+            chase=chase,
         )
 
-    def _frame(self, frame_id: int, image: Any, collisions: list[Any], lane_invasions: list[Any]) -> Frame:
+    def _chase_of(self, frame_id: int) -> Any:
+        """The chase camera's image of ``frame_id`` (a bounded wait, as the camera's); None when it is off."""
+        if self.config.chase_camera_size is None:
+            return None
+        return self._chase.get(frame_id, self.config.sensor_timeout_s)
+
+    def _frame(self, frame_id: int, image: Any, collisions: list[Any], lane_invasions: list[Any], chase: Any = None) -> Frame:
         ego = self._ego
         tf = ego.get_transform()
         vel = ego.get_velocity()
@@ -362,6 +409,8 @@ class CarlaBackend(DrivingBackend):
         )
         self.last_frame_id = int(frame_id)
         gray = bgra_to_gray(image.raw_data, int(image.width), int(image.height), self.config.camera_size)
+        if chase is not None:
+            self._chase_image = bgra_to_rgb(chase.raw_data, int(chase.width), int(chase.height))
         return Frame(
             image=gray,
             x=x,
@@ -475,6 +524,7 @@ class CarlaBackend(DrivingBackend):
         self.conn.client.apply_batch_sync([self._carla.command.DestroyActor(i) for i in ids], False)
         self._dirty = was_dirty
         self._camera.clear()
+        self._chase.clear()
         self._collisions.clear()
         self._lane_invasions.clear()
 

@@ -74,6 +74,10 @@ class CarlaConfig:
     :param seed: seed of the Traffic Manager before the first episode (episodes reseed it with their seed).
     :param camera_size: height = width (pixels) of the grayscale image; the camera renders at this size.
     :param camera_fov_deg: horizontal field of view of the camera (degrees).
+    :param chase_camera_size: None (default): no chase camera. ``(width, height)`` in pixels (an int: a square):
+        a second RGB camera, 6 m behind and 3 m above the ego looking 15 degrees down (90 degree horizontal field of
+        view), rigidly attached, whose image of each ticked frame the backend keeps (``chase_image``) for
+        ``sb3-av record``. It costs a rendered camera per tick, so training leaves it off.
     :param ego_blueprint: blueprint id of the ego vehicle.
     :param route_start_index: index into ``Map.get_spawn_points()`` of the ego's start (the route's start);
         used only when ``route_start`` is None. None (default): the town's scenario route start (see
@@ -119,6 +123,7 @@ class CarlaConfig:
     seed: int | None = None
     camera_size: int = 84
     camera_fov_deg: float = 90.0
+    chase_camera_size: tuple[int, int] | None = None
     ego_blueprint: str = "vehicle.tesla.model3"
     route_start_index: int | None = None
     route_start: tuple[int, int, float] | None = None
@@ -142,6 +147,8 @@ class CarlaConfig:
         object.__setattr__(self, "junction_choices", choices)
         if self.route_start is not None:
             object.__setattr__(self, "route_start", _route_start(self.route_start))
+        if self.chase_camera_size is not None:
+            object.__setattr__(self, "chase_camera_size", _chase_size(self.chase_camera_size))
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -275,6 +282,15 @@ def _route_start(value: Any) -> tuple[int, int, float]:
             f"route_start must be None or OpenDRIVE (road_id, lane_id, s) with lane_id != 0 and s >= 0 m, got {value!r}"
         )
     return int(value[0]), int(value[1]), float(value[2])
+
+
+def _chase_size(value: Any) -> tuple[int, int]:
+    """``chase_camera_size`` as ``(width, height)``: an int is a square; each side 16..4096 pixels."""
+    size = (value, value) if is_int(value) else value
+    ok = isinstance(size, list | tuple) and len(size) == 2 and all(is_int(v) and 16 <= v <= 4096 for v in size)
+    if not ok:
+        raise ValueError(f"chase_camera_size must be None, an int or (width, height), each 16..4096 pixels, got {value!r}")
+    return int(size[0]), int(size[1])
 
 
 def _checked(host: str, port: int, tm_port: int) -> tuple[str, int, int]:

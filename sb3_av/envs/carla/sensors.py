@@ -16,7 +16,7 @@ import numpy as np
 
 from sb3_av.envs.carla.errors import CarlaSensorTimeout
 
-__all__ = ["EventQueue", "FrameQueue", "bgra_to_gray"]
+__all__ = ["EventQueue", "FrameQueue", "bgra_to_gray", "bgra_to_rgb"]
 
 # ITU-R BT.601 luma weights, as OpenCV's BGR2GRAY uses.
 _LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
@@ -42,6 +42,21 @@ def bgra_to_gray(raw: bytes | bytearray | memoryview | np.ndarray, width: int, h
         bgr = bgr[rows][:, cols]
     gray = bgr.astype(np.float32) @ _LUMA_BGR
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
+def bgra_to_rgb(raw: bytes | bytearray | memoryview | np.ndarray, width: int, height: int) -> np.ndarray:
+    """Convert a CARLA ``Image.raw_data`` (32-bit BGRA, row-major) to an RGB ``(height, width, 3)`` uint8 image.
+
+    :param raw: ``height * width * 4`` bytes.
+    :param width: image width (pixels).
+    :param height: image height (pixels).
+    :return: ``(height, width, 3)`` uint8, a copy (the client may reuse the buffer).
+    :raises ValueError: the buffer does not hold ``height * width * 4`` bytes.
+    """
+    buf = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).astype(np.uint8)
+    if buf.size != width * height * 4:
+        raise ValueError(f"A {width}x{height} BGRA image needs {width * height * 4} bytes, got {buf.size}")
+    return np.ascontiguousarray(buf.reshape(height, width, 4)[:, :, 2::-1])
 
 
 class FrameQueue:

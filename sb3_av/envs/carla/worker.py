@@ -12,7 +12,8 @@ a worker process of its own, and :class:`WorkerBackend` in the env's process tal
   about half a second and holds no torch memory; it runs in a session of its own, so a Ctrl-C reaches only the
   trainer, which closes its envs, and it cleans up and exits when the env's process is gone;
 - requests and the frame's numbers go through a socket pair, the camera image through a shared memory map
-  (one ``camera_size``² uint8 frame per step; the frame stack is built in the env);
+  (one ``camera_size``² uint8 frame per step; the frame stack is built in the env), followed there by the chase
+  camera's RGB image when ``chase_camera_size`` is on (:func:`_shared_images` lays the map out for both sides);
 - a worker that dies (abort, segfault, SIGKILL) is seen at once (its end of the pipe closes); one that stays
   silent longer than ``worker_timeout_s`` (phases that may take longer, a town load or reconnect attempts,
   announce their own bound) counts as hung and is killed;
@@ -135,13 +136,14 @@ class WorkerBackend(DrivingBackend):
         self._proc: Any = None
         self._conn: Connection | None = None
         self.info: dict[str, Any] = {}
-        size = config.camera_size
+        self._chase_image: np.ndarray | None = None
         fd, self._shm_path = tempfile.mkstemp(prefix="sb3av-carla-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self._unlink = weakref.finalize(self, _unlink, self._shm_path)  # also if the env is never closed
-        os.ftruncate(fd, size * size)
-        self._map = mmap.mmap(fd, size * size)
+        nbytes = _shared_bytes(config)
+        os.ftruncate(fd, nbytes)
+        self._map = mmap.mmap(fd, nbytes)
         os.close(fd)
-        self._image = np.ndarray((size, size), dtype=np.uint8, buffer=self._map)
+        self._image, self._chase_shared = _shared_images(self._map, config)
         try:
             self._start_worker(wait_s=0.0)
         except BaseException:
@@ -155,6 +157,12 @@ class WorkerBackend(DrivingBackend):
         if self._route is None:
             raise RuntimeError("CarlaBackend.route is only valid after reset()")
         return self._route
+
+    @property
+    def chase_image(self) -> np.ndarray | None:
+        """The chase camera's RGB image of the latest frame, ``(height, width, 3)`` uint8; None when
+        ``chase_camera_size`` is off or before the first :meth:`reset`."""
+        return self._chase_image
 
     @property
     def worker_pid(self) -> int | None:
@@ -356,14 +364,33 @@ class WorkerBackend(DrivingBackend):
         extra["restarts"] = self.restarts
         extra["workers_started"] = self.workers_started
         frame = Frame(image=self._image.copy(), extra=extra, **fields)
+        if self._chase_shared is not None:
+            self._chase_image = self._chase_shared.copy()
         self._last = frame
         return frame
 
     def _release_memory(self) -> None:
         with contextlib.suppress(Exception):
-            del self._image
+            del self._image, self._chase_shared  # views of the map: close() refuses while they exist
             self._map.close()
         self._unlink()
+
+
+def _shared_bytes(config: CarlaConfig) -> int:
+    """Size of the shared memory map: the camera image, then the chase camera's RGB image (if on)."""
+    chase = config.chase_camera_size
+    return config.camera_size**2 + (chase[0] * chase[1] * 3 if chase is not None else 0)
+
+
+def _shared_images(buffer: mmap.mmap, config: CarlaConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The views of the shared map, the same on both sides: the ``(camera_size, camera_size)`` gray image and the
+    ``(height, width, 3)`` RGB chase image (None when ``chase_camera_size`` is off)."""
+    size = config.camera_size
+    image = np.ndarray((size, size), dtype=np.uint8, buffer=buffer)
+    chase = config.chase_camera_size
+    if chase is None:
+        return image, None
+    return image, np.ndarray((chase[1], chase[0], 3), dtype=np.uint8, buffer=buffer, offset=size * size)
 
 
 def _unlink(path: str) -> None:
@@ -423,10 +450,9 @@ def _serve(conn: Connection, values: dict[str, Any], uid: str, shm_name: str, wa
         conn.send(("error", type(exc).__name__, str(exc)))
         os._exit(_EXIT_STARTUP)
     conn.send(("ready", {"address": backend.conn.address, "tm_port": backend.conn.tm_port, "pid": os.getpid()}))
-    size = config.camera_size
     with open(shm_name, "r+b") as f:
-        shared = mmap.mmap(f.fileno(), size * size)
-    image = np.ndarray((size, size), dtype=np.uint8, buffer=shared)
+        shared = mmap.mmap(f.fileno(), _shared_bytes(config))
+    image, chase = _shared_images(shared, config)
     route_sent = None
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     while True:
@@ -455,6 +481,8 @@ def _serve(conn: Connection, values: dict[str, Any], uid: str, shm_name: str, wa
         send_route = route is not route_sent
         route_sent = route
         image[:] = frame.image
+        if chase is not None:
+            chase[:] = backend.chase_image
         fields = {
             name: getattr(frame, name)
             for name in ("x", "y", "yaw", "speed_ms", "sim_time_s", "collision", "on_driving_lane", "extra")
