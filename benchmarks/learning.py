@@ -56,7 +56,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
-from sb3_av.envs.wrappers import OverspeedPenalty, ScaleReward
+from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 
@@ -79,6 +79,7 @@ RECOMMENDED: dict[str, Any] = {
     "env_kwargs": {},
     "action_repeat": 1,
     "overspeed_penalty": 1.0,
+    "jerk_penalty": 0.0,
     "image_augmentation": None,
     "augmentation_pad": 4,
     "max_grad_norms": {"critic_cnn": 10.0},
@@ -170,9 +171,14 @@ class _CurveCallback(BaseCallback):
         simulation steps, so that learners with different control rates share one x axis.
     """
 
-    def __init__(self, eval_env: gym.Env, every: int, n_episodes: int, action_repeat: int = 1) -> None:
+    def __init__(
+        self, eval_env: gym.Env, every: int, n_episodes: int, action_repeat: int = 1, keep_best: bool = False
+    ) -> None:
         super().__init__()
         self.eval_env = eval_env
+        self.keep_best = keep_best
+        #: (success rate, return) of the best curve evaluation, its step and a copy of the policy's weights then.
+        self.best: tuple[tuple[float, float], int, dict[str, th.Tensor]] | None = None
         self.every = every
         self.action_repeat = action_repeat
         self.n_episodes = n_episodes
@@ -197,6 +203,10 @@ class _CurveCallback(BaseCallback):
                 "return": m["mean_return"],
             }
         )
+        score = (m["success_rate"], m["mean_return"])
+        if self.keep_best and (self.best is None or score > self.best[0]):
+            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+            self.best = (score, self.sim_steps, state)
         recent = self.train_episodes[-10:]
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
@@ -223,15 +233,37 @@ class _CurveCallback(BaseCallback):
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("success_rate", "route_completion", "mean_return", "collisions_per_km", "off_road_rate", "mean_speed_ms")
+    keys = (
+        "success_rate",
+        "route_completion",
+        "mean_return",
+        "collisions_per_km",
+        "off_road_rate",
+        "mean_speed_ms",
+        "mean_abs_jerk_ms3",
+    )
     out = {k: metrics[k] for k in keys}
     out["terminations"] = metrics["terminations"]
     return out
 
 
-def _make_env(args: argparse.Namespace, **env_kwargs: Any) -> gym.Env:
+def _make_env(args: argparse.Namespace, env_id: str, **env_kwargs: Any) -> gym.Env:
     kwargs: dict[str, Any] = dict(TINY_ENV_KWARGS) if args.tiny else {}
-    return gym.make(args.env, **kwargs, **env_kwargs)
+    return gym.make(env_id, **kwargs, **env_kwargs)
+
+
+def _evaluate_on(policy: Any, args: argparse.Namespace, action_repeat: int) -> dict[str, dict[str, Any]]:
+    """The final evaluation on every ``--eval-envs`` id (the plain env, at the agent's control rate)."""
+    results = {}
+    for env_id in args.eval_envs:
+        env = _make_env(args, env_id, action_repeat=action_repeat)
+        if policy is None:
+            policy_or_pid: Any = PIDPurePursuit.from_env(env)
+        else:
+            policy_or_pid = policy
+        results[env_id] = _summary(evaluate(policy_or_pid, env, args.eval_episodes, seed=EVAL_SEED))
+        env.close()
+    return results
 
 
 def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -241,40 +273,65 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     settings = _recommended_settings(args) if name == "sb3av" else None
     # The control rate (action_repeat) is the agent's, in training and evaluation; the reward is the plain env's.
     action_repeat = settings["action_repeat"] if settings is not None else 1
-    eval_env = _make_env(args, action_repeat=action_repeat)
     if factory is None:
-        baseline = PIDPurePursuit.from_env(eval_env)
         start = time.perf_counter()
-        metrics = evaluate(baseline, eval_env, args.eval_episodes, seed=EVAL_SEED)
-        eval_env.close()
-        return {"seed": seed, "train_time_s": 0.0, "eval_time_s": time.perf_counter() - start, **_summary(metrics)}
+        evals = _evaluate_on(None, args, action_repeat)
+        return {
+            "seed": seed,
+            "train_time_s": 0.0,
+            "eval_time_s": time.perf_counter() - start,
+            **_primary(evals, args),
+            "eval": evals,
+        }
     th.manual_seed(seed)
-    # The recommended config's training env (env kwargs, over-speed penalty); evaluation uses the plain env.
-    train_env = _make_env(args, **(settings["env_kwargs"] if settings is not None else {}), action_repeat=action_repeat)
+    eval_env = _make_env(args, args.env, action_repeat=action_repeat)
+    # The recommended config's training env (env kwargs, over-speed and jerk penalties); evaluation uses the plain env.
+    train_env = _make_env(
+        args, args.env, **(settings["env_kwargs"] if settings is not None else {}), action_repeat=action_repeat
+    )
     if settings is not None and settings["overspeed_penalty"] > 0:
         train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
+    if settings is not None and settings["jerk_penalty"] > 0:
+        train_env = JerkPenalty(train_env, settings["jerk_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
-    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat)
+    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best)
     start = time.perf_counter()
     model.learn(total_timesteps=args.budget // action_repeat, callback=callback)
-    train_time = time.perf_counter() - start - callback.eval_time_s
+    wall_time = time.perf_counter() - start
+    train_time = wall_time - callback.eval_time_s
     if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
-    metrics = evaluate(model, eval_env, args.eval_episodes, seed=EVAL_SEED)
+    final = _evaluate_on(model, args, action_repeat)
+    reported, best_step = "final", callback.sim_steps
+    evals = final
+    if callback.best is not None and callback.best[1] != callback.sim_steps:
+        model.policy.load_state_dict(callback.best[2])
+        reported, best_step = "best", callback.best[1]
+        evals = _evaluate_on(model, args, action_repeat)
     eval_time = time.perf_counter() - start
     train_env.close()
     eval_env.close()
     return {
         "seed": seed,
         "train_time_s": round(train_time, 1),
+        "wall_time_s": round(wall_time, 1),
         "eval_time_s": round(eval_time, 1),
         "gradient_steps": int(model._n_updates),
-        **_summary(metrics),
+        "reported": reported,
+        "reported_step": best_step,
+        **_primary(evals, args),
+        "eval": evals,
+        "eval_final": final,
         "curve": callback.eval_points,
         "train_episodes": callback.train_episodes,
     }
+
+
+def _primary(evals: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The summary on ``--env`` (or the first eval env) at the top level of a run, as before ``--eval-envs``."""
+    return evals.get(args.env, evals[args.eval_envs[0]])
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -305,6 +362,27 @@ def format_table(rows: list[dict[str, Any]], eval_episodes: int) -> str:
             f"| {row['mean_return_mean']:.1f} ± {row['mean_return_std']:.1f} "
             f"| {row['train_time_s_mean'] / 60:.1f} |"
         )
+    if any(len(row["runs"][0].get("eval", {})) > 1 for row in rows):
+        lines += ["", format_env_table(rows, eval_episodes)]
+    return "\n".join(lines)
+
+
+def format_env_table(rows: list[dict[str, Any]], eval_episodes: int) -> str:
+    """Per evaluation env: success (mean, min and per seed), collisions per km, mean speed and |jerk| (means over seeds)."""
+    lines = [
+        f"| config | eval env | success ({eval_episodes} episodes, per seed) | min | coll./km | speed m/s | abs jerk m/s^3 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for env_id in row["runs"][0].get("eval", {}):
+            per_env = [r["eval"][env_id] for r in row["runs"]]
+            success = [e["success_rate"] for e in per_env]
+            lines.append(
+                f"| {row['description']} | {env_id} | {np.mean(success):.2f} ({' / '.join(f'{v:.2f}' for v in success)}) "
+                f"| {min(success):.2f} | {np.mean([e['collisions_per_km'] for e in per_env]):.2f} "
+                f"| {np.mean([e['mean_speed_ms'] for e in per_env]):.2f} "
+                f"| {np.mean([e['mean_abs_jerk_ms3'] for e in per_env]):.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -388,7 +466,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="LiteScenario0-v0")
+    parser.add_argument("--env", default="LiteScenario0-v0", help="the training env (and the curve evaluations')")
+    parser.add_argument(
+        "--eval-envs", nargs="+", default=None, help="env ids of the final evaluation (default: --env); the plain envs"
+    )
+    parser.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="report the policy of the best curve evaluation (success, then return; seeds 20000+) instead of the final one",
+    )
     parser.add_argument("--budget", type=int, default=10_000, help="environment steps per training run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -406,6 +492,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny nets, batch 16, 120-step episodes")
     parser.add_argument("--out", default="benchmarks/results/learning.json")
     args = parser.parse_args(argv)
+    args.eval_envs = args.eval_envs or [args.env]
     unknown = set(args.overrides) - set(RECOMMENDED)
     if unknown:
         parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")

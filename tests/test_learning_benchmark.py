@@ -72,6 +72,32 @@ def test_action_repeat_counts_simulation_steps_and_keeps_the_compute_budget(lear
     assert run["train_episodes"] and all(e[0] % 2 == 0 and 0 < e[0] <= 300 for e in run["train_episodes"])
 
 
+@pytest.mark.slow
+def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning, tmp_path, capsys):
+    """Each learner and the PID are evaluated on every --eval-envs id; with --keep-best the reported policy is the
+    snapshot of the best curve evaluation (the final one when that is the best)."""
+    out = tmp_path / "learning.json"
+    envs = ["LiteScenario0-v0", "LiteScenario2-v0"]
+    argv = ["--tiny", "--budget", "300", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "100"]
+    argv += ["--curve-episodes", "1", "--train-freq", "4", "--configs", "sb3av", "pid", "--out", str(out)]
+    learning.main([*argv, "--eval-envs", *envs, "--keep-best", "--set", '{"jerk_penalty": 1.0}'])
+    result = json.loads(out.read_text())
+    rows = {row["config"]: row for row in result["rows"]}
+    for row in rows.values():
+        (run,) = row["runs"]
+        assert list(run["eval"]) == envs
+        for metrics in run["eval"].values():
+            assert 0.0 <= metrics["success_rate"] <= 1.0 and metrics["mean_abs_jerk_ms3"] >= 0.0
+        assert run["success_rate"] == run["eval"]["LiteScenario0-v0"]["success_rate"]  # --env's at the top level
+    (run,) = rows["sb3av"]["runs"]
+    curve = run["curve"]
+    best = max(curve, key=lambda p: (p["success_rate"], p["return"]))
+    assert run["reported_step"] == best["step"] and run["reported"] == ("final" if best is curve[-1] else "best")
+    assert list(run["eval_final"]) == envs
+    table = capsys.readouterr().out
+    assert "| sb3-av recommended TD3 | LiteScenario2-v0 |" in table and "| PID + pure pursuit" in table
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
