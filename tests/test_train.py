@@ -163,7 +163,7 @@ def test_env_wrappers_that_break_the_driving_envs_are_rejected() -> None:
         with pytest.raises(ConfigError) as info:
             validate_hyperparams({**base, "env_wrapper": [{name: {"max_steps": 5}}]}, algo, "cfg [env]")
         assert f"key 'env_wrapper': env wrapper {name!r} is not supported" in str(info.value) and reason in str(info.value)
-    known = r"\['ClipAction', 'OverspeedPenalty', 'ScaleReward'\]"
+    known = r"\['ClipAction', 'JerkPenalty', 'OverspeedPenalty', 'ScaleReward'\]"
     with pytest.raises(ConfigError, match=rf"unknown env wrapper 'Nope'; known: {known}"):
         validate_hyperparams({**base, "env_wrapper": "Nope"}, algo, "cfg")
     with pytest.raises(ConfigError, match=r"env wrapper ScaleReward: got an unexpected keyword argument 'factor'"):
@@ -342,6 +342,17 @@ def test_the_evaluation_env_is_closed_after_training(tmp_path: Path, monkeypatch
     evaluations = np.load(tmp_path / "logs" / "td3" / "Pendulum-v1_1" / "evaluations.npz")
     assert evaluations["timesteps"].tolist() == [30, 60], "the closed env is the one the evaluations ran on"
     assert spy.manager is not None and spy.manager.eval_env is None
+
+
+def test_a_run_shorter_than_the_eval_freq_is_evaluated_ten_times_and_keeps_its_best_model(tmp_path: Path) -> None:
+    """rl-zoo's default --eval-freq (25,000) is longer than the Lite budget: the run is evaluated every n/10 steps."""
+    assert main(_pendulum_args(tmp_path, "--eval-episodes", "1")) == 0
+    run = tmp_path / "logs" / "td3" / "Pendulum-v1_1"
+    evaluations = np.load(run / "evaluations.npz")
+    assert evaluations["timesteps"].tolist() == list(range(6, 61, 6))
+    assert (run / "best_model.zip").is_file()
+    assert main(_pendulum_args(tmp_path, "--eval-freq", "0")) == 0  # 0 still means never
+    assert not (tmp_path / "logs" / "td3" / "Pendulum-v1_2" / "evaluations.npz").exists()
 
 
 def test_an_interrupted_run_closes_the_evaluation_env_and_the_progress_bar(

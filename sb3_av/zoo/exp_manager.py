@@ -107,6 +107,10 @@ class _StepCSVOutputFormat(CSVOutputFormat):
         super().write({**key_values, "time/step": step}, {**key_excluded, "time/step": ()}, step)
 
 
+#: Evaluations of a run shorter than its ``--eval-freq`` (rl-zoo's default 25,000 is longer than the Lite budget).
+EVALUATIONS_PER_SHORT_RUN = 10
+
+
 class DrivingExperimentManager(ExperimentManager):
     """rl-zoo's experiment manager for this project's algorithms and driving envs (see the module docstring).
 
@@ -297,6 +301,13 @@ class DrivingExperimentManager(ExperimentManager):
         self.callbacks.append(self.checkpoint_callback)
         eval_callback: DrivingEvalCallback | None = None
         if self.eval_freq > 0 and not self.optimize_hyperparameters:
+            if self.eval_freq > self.n_timesteps:
+                # rl-zoo's default cadence (25,000 steps) never evaluates a shorter run, which then keeps no
+                # best_model.zip; evaluate it EVALUATIONS_PER_SHORT_RUN times instead (rl-zoo keeps the best).
+                every = max(self.n_timesteps // EVALUATIONS_PER_SHORT_RUN, 1)
+                if self.verbose > 0:
+                    print(f"--eval-freq {self.eval_freq} > the run's {self.n_timesteps} steps: evaluating every {every} steps")
+                self.eval_freq = every
             self.eval_freq = max(self.eval_freq // self.n_envs, 1)
             if self.verbose > 0:
                 print("Creating test environment")

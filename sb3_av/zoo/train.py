@@ -152,7 +152,12 @@ def _add_config_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _add_eval_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--eval-freq", type=int, default=25000, help="evaluate every N steps (<= 0: never; default 25000)")
+    group.add_argument(
+        "--eval-freq",
+        type=int,
+        default=25000,
+        help="evaluate every N steps (<= 0: never; default 25000; a run shorter than N is evaluated 10 times)",
+    )
     group.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
     group.add_argument("--n-eval-envs", type=int, default=1, help="evaluation envs (default 1)")
     group.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (<= 0: never)")
