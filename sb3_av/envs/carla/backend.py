@@ -1,4 +1,5 @@
-"""CarlaBackend: one ego vehicle with a camera, collision and lane-invasion sensors, NPC traffic, a route.
+"""CarlaBackend: one ego vehicle with a camera, collision and lane-invasion sensors (and, with ``chase_camera_size``,
+a chase camera for ``sb3-av record``), NPC traffic, a route.
 
 Robustness rules (ENV_CONTRACT.md, "CARLA specifics"):
 
