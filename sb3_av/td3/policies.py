@@ -16,6 +16,12 @@ mode (``ClippedTD3`` still trains SB3's own policy classes, e.g. of a model save
 The targets keep a full copy of the encoder, shared by the actor and critic targets and updated once per
 target update (SB3's shared mode updates it twice, an effective 2 * tau).
 
+``action_smoothing`` (:class:`MultiInputPolicy`, driving observations only): the policy's action is
+``(1 - beta) * actor output + beta * previous action``, the previous action read from the observation (the env
+contract's ``vector`` holds it), so the policy stays a function of its observation (evaluated on the plain env) and
+a jittery actor output moves the controls only by ``1 - beta`` of its jitter: a first-order low-pass filter on the
+controls, inside the policy. The critic and the actor loss see the smoothed action (what the env executes).
+
 The policy owns "encode once, then heads" for :meth:`sb3_av.td3.ClippedTD3.train` (:meth:`TD3Policy.heads`):
 :class:`TD3Heads` is SB3's step (each network extracts its own features; also used for SB3's own TD3 policies),
 :class:`SharedEncoderHeads` runs each batch through the shared encoder once and every head on its features.
@@ -35,7 +41,7 @@ from stable_baselines3.td3.policies import Actor
 from stable_baselines3.td3.policies import TD3Policy as _SB3TD3Policy
 from torch import nn
 
-from sb3_av.common.policies import multi_input_defaults
+from sb3_av.common.policies import is_driving_observation_space, multi_input_defaults
 from sb3_av.torch_layers import MultiInputExtractor
 
 __all__ = [
@@ -47,7 +53,18 @@ __all__ = [
     "SharedEncoderHeads",
     "TD3Heads",
     "TD3Policy",
+    "previous_action",
 ]
+
+#: Where the driving observation keeps the previous action ``[steer, throttle_brake]``: ``vector[3:5]`` (the env
+#: contract's order: speed, lateral offset, heading error, previous steer, previous throttle/brake, route points).
+PREVIOUS_ACTION_SLICE = slice(3, 5)
+
+
+def previous_action(observations: PyTorchObs) -> th.Tensor:
+    """The previous action ``(batch, 2)`` in [-1, 1] that a driving observation batch carries in its ``vector``."""
+    assert isinstance(observations, dict), "action smoothing needs the driving env's Dict observation"
+    return observations["vector"][:, PREVIOUS_ACTION_SLICE].float().clamp(-1.0, 1.0)
 
 
 class EncodedBatch(NamedTuple):
@@ -129,7 +146,7 @@ class SharedEncoderHeads(TD3Heads):
     def actions(self, batch: EncodedBatch, target: bool = False) -> th.Tensor:
         actor = self.policy.actor_target if target else self.policy.actor
         assert batch.features is not None  # from encode()
-        return actor.mu(batch.features.detach())
+        return actor.smooth(batch.observations, actor.mu(batch.features.detach()))
 
     def q_values(self, batch: EncodedBatch, actions: th.Tensor, target: bool = False) -> tuple[th.Tensor, ...]:
         critic = self.policy.critic_target if target else self.policy.critic
@@ -140,7 +157,9 @@ class SharedEncoderHeads(TD3Heads):
     def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
         assert batch.features is not None
         features = batch.features.detach()
-        return self.policy.critic.q_networks[0](th.cat([features, self.policy.actor.mu(features)], dim=1))
+        actor = self.policy.actor
+        actions = actor.smooth(batch.observations, actor.mu(features))
+        return self.policy.critic.q_networks[0](th.cat([features, actions], dim=1))
 
     def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """The critic's parameters (with the one encoder), then the actor's head: each parameter exactly once."""
@@ -171,24 +190,35 @@ class SharedEncoderHeads(TD3Heads):
 
 
 class EncoderActor(Actor):
-    """SB3's TD3 actor that can read its features detached from a shared encoder.
+    """SB3's TD3 actor that can read its features detached from a shared encoder, and smooth its actions.
 
     :param detach_features: compute the features without gradient (the encoder belongs to the critic).
+    :param action_smoothing: ``beta`` in [0, 1): the action is ``(1 - beta) * mu(features) + beta * previous action``
+        (:func:`previous_action`); 0 = SB3's actor.
     """
 
-    def __init__(self, *args: Any, detach_features: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, detach_features: bool = False, action_smoothing: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.detach_features = detach_features
+        self.action_smoothing = float(action_smoothing)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data["detach_features"] = self.detach_features
+        data["action_smoothing"] = self.action_smoothing
         return data
+
+    def smooth(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """``actions`` (the head's output) blended with the observation's previous action (see ``action_smoothing``)."""
+        if self.action_smoothing == 0.0:
+            return actions
+        beta = self.action_smoothing
+        return (1.0 - beta) * actions + beta * previous_action(obs).to(actions.dtype)
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
         with th.set_grad_enabled(th.is_grad_enabled() and not self.detach_features):
             features = self.extract_features(obs, self.features_extractor)
-        return self.mu(features)
+        return self.smooth(obs, self.mu(features))
 
 
 class TD3Policy(_SB3TD3Policy):
@@ -201,9 +231,14 @@ class TD3Policy(_SB3TD3Policy):
     actor: EncoderActor
     actor_target: EncoderActor
 
+    #: See :class:`EncoderActor`; set by :class:`MultiInputPolicy` (0 elsewhere).
+    action_smoothing: float = 0.0
+
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> EncoderActor:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
-        return EncoderActor(**actor_kwargs, detach_features=self.share_features_extractor).to(self.device)
+        return EncoderActor(
+            **actor_kwargs, detach_features=self.share_features_extractor, action_smoothing=self.action_smoothing
+        ).to(self.device)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
@@ -292,6 +327,9 @@ class MultiInputPolicy(TD3Policy):
     other Dict space; ``net_arch`` is ``[256, 256]`` with the driving extractor and SB3's TD3 default
     (``[400, 300]``) otherwise. An explicit ``features_extractor_class`` always wins. Other parameters as
     :class:`stable_baselines3.td3.policies.MultiInputPolicy`.
+
+    :param action_smoothing: ``beta`` in [0, 1) (driving observation spaces only): the action is ``(1 - beta) *``
+        the actor's output ``+ beta *`` the previous action the observation carries (see the module docstring).
     """
 
     def __init__(
@@ -308,7 +346,17 @@ class MultiInputPolicy(TD3Policy):
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
         share_features_extractor: bool = False,
+        *,
+        action_smoothing: float = 0.0,
     ) -> None:
+        if not (isinstance(action_smoothing, int | float) and 0.0 <= action_smoothing < 1.0):
+            raise ValueError(f"action_smoothing must be a number in [0, 1), got {action_smoothing!r}")
+        if action_smoothing and not is_driving_observation_space(observation_space):
+            raise ValueError(
+                "action_smoothing reads the previous action from the driving observation (image + vector); "
+                f"this observation space is not one: {observation_space}"
+            )
+        self.action_smoothing = float(action_smoothing)  # read by make_actor() during super().__init__
         extractor_class, net_arch = multi_input_defaults(observation_space, features_extractor_class, net_arch)
         super().__init__(
             observation_space,
@@ -324,3 +372,8 @@ class MultiInputPolicy(TD3Policy):
             n_critics,
             share_features_extractor,
         )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["action_smoothing"] = self.action_smoothing
+        return data
