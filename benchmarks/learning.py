@@ -311,6 +311,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         reported, best_step = "best", callback.best[1]
         evals = _evaluate_on(model, args, action_repeat)
     eval_time = time.perf_counter() - start
+    if args.save_dir:  # the reported policy, for sb3-av record, enjoy.py and benchmarks/robustness.py
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        model.save(Path(args.save_dir) / f"{name}_seed{seed}.zip")
     train_env.close()
     eval_env.close()
     return {
@@ -491,6 +494,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny nets, batch 16, 120-step episodes")
     parser.add_argument("--out", default="benchmarks/results/learning.json")
+    parser.add_argument("--save-dir", default=None, help="save each learner's reported model as <dir>/<config>_seed<k>.zip")
     args = parser.parse_args(argv)
     args.eval_envs = args.eval_envs or [args.env]
     unknown = set(args.overrides) - set(RECOMMENDED)

@@ -80,7 +80,8 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
     envs = ["LiteScenario0-v0", "LiteScenario2-v0"]
     argv = ["--tiny", "--budget", "300", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "100"]
     argv += ["--curve-episodes", "1", "--train-freq", "4", "--configs", "sb3av", "pid", "--out", str(out)]
-    learning.main([*argv, "--eval-envs", *envs, "--keep-best", "--set", '{"jerk_penalty": 1.0}'])
+    saved = tmp_path / "models"
+    learning.main([*argv, "--eval-envs", *envs, "--keep-best", "--set", '{"jerk_penalty": 1.0}', "--save-dir", str(saved)])
     result = json.loads(out.read_text())
     rows = {row["config"]: row for row in result["rows"]}
     for row in rows.values():
@@ -94,6 +95,14 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
     best = max(curve, key=lambda p: (p["success_rate"], p["return"]))
     assert run["reported_step"] == best["step"] and run["reported"] == ("final" if best is curve[-1] else "best")
     assert list(run["eval_final"]) == envs
+    from sb3_av.evaluation import evaluate
+    from sb3_av.td3 import ClippedTD3
+
+    reloaded = evaluate(
+        ClippedTD3.load(saved / "sb3av_seed0.zip"), learning._make_env(learning._parse(argv), envs[1]), 1, seed=10_000
+    )
+    assert reloaded["success_rate"] == run["eval"][envs[1]]["success_rate"]
+    assert reloaded["mean_abs_jerk_ms3"] == pytest.approx(run["eval"][envs[1]]["mean_abs_jerk_ms3"], rel=1e-6)
     table = capsys.readouterr().out
     assert "| sb3-av recommended TD3 | LiteScenario2-v0 |" in table and "| PID + pure pursuit" in table
 
