@@ -77,9 +77,9 @@ RECOMMENDED: dict[str, Any] = {
     "action_noise_sigma": 0.2,
     "reward_scale": 0.1,
     "env_kwargs": {},
-    "action_repeat": 1,
+    "action_repeat": 2,
     "overspeed_penalty": 1.0,
-    "jerk_penalty": 0.0,
+    "jerk_penalty": 2.0,
     "image_augmentation": None,
     "augmentation_pad": 4,
     "max_grad_norms": {"critic_cnn": 10.0},
@@ -92,6 +92,7 @@ RECOMMENDED: dict[str, Any] = {
             "cnn_dtype": "auto",
             "channels_last": True,
         },
+        "action_smoothing": 0.7,
     },
 }
 
@@ -252,10 +253,12 @@ def _make_env(args: argparse.Namespace, env_id: str, **env_kwargs: Any) -> gym.E
     return gym.make(env_id, **kwargs, **env_kwargs)
 
 
-def _evaluate_on(policy: Any, args: argparse.Namespace, action_repeat: int) -> dict[str, dict[str, Any]]:
-    """The final evaluation on every ``--eval-envs`` id (the plain env, at the agent's control rate)."""
+def _evaluate_on(
+    policy: Any, args: argparse.Namespace, action_repeat: int, env_ids: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The final evaluation on every ``--eval-envs`` id (or ``env_ids``): the plain env, at the agent's control rate."""
     results = {}
-    for env_id in args.eval_envs:
+    for env_id in env_ids or args.eval_envs:
         env = _make_env(args, env_id, action_repeat=action_repeat)
         if policy is None:
             policy_or_pid: Any = PIDPurePursuit.from_env(env)
@@ -303,13 +306,15 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
-    final = _evaluate_on(model, args, action_repeat)
     reported, best_step = "final", callback.sim_steps
-    evals = final
     if callback.best is not None and callback.best[1] != callback.sim_steps:
+        # the final policy on the training env only (for the record), then the reported best one everywhere
+        final = _evaluate_on(model, args, action_repeat, [args.env])
         model.policy.load_state_dict(callback.best[2])
         reported, best_step = "best", callback.best[1]
         evals = _evaluate_on(model, args, action_repeat)
+    else:
+        evals = final = _evaluate_on(model, args, action_repeat)
     eval_time = time.perf_counter() - start
     if args.save_dir:  # the reported policy, for sb3-av record, enjoy.py and benchmarks/robustness.py
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
