@@ -99,7 +99,10 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
     from sb3_av.td3 import ClippedTD3
 
     reloaded = evaluate(
-        ClippedTD3.load(saved / "sb3av_seed0.zip"), learning._make_env(learning._parse(argv), envs[1]), 1, seed=10_000
+        ClippedTD3.load(saved / "sb3av_seed0.zip"),
+        learning._make_env(learning._parse(argv), envs[1], action_repeat=learning.RECOMMENDED["action_repeat"]),
+        1,
+        seed=10_000,
     )
     assert reloaded["success_rate"] == run["eval"][envs[1]]["success_rate"]
     assert reloaded["mean_abs_jerk_ms3"] == pytest.approx(run["eval"][envs[1]]["mean_abs_jerk_ms3"], rel=1e-6)
