@@ -40,6 +40,7 @@ def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) 
     wrappers = [next(iter(entry.items())) for entry in checked["env_wrapper"]]
     assert wrappers == [
         ("OverspeedPenalty", {"weight": recommended["overspeed_penalty"]}),
+        ("JerkPenalty", {"weight": recommended["jerk_penalty"]}),
         ("ScaleReward", {"scale": recommended["reward_scale"]}),
     ]
     parser = bench._parse([])  # the benchmark's default compute budget is the config's
