@@ -56,7 +56,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
-from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward
+from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 
@@ -80,6 +80,7 @@ RECOMMENDED: dict[str, Any] = {
     "action_repeat": 2,
     "overspeed_penalty": 1.0,
     "jerk_penalty": 2.0,
+    "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
     "image_augmentation": None,
     "augmentation_pad": 4,
     "max_grad_norms": {"critic_cnn": 10.0},
@@ -292,6 +293,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     train_env = _make_env(
         args, args.env, **(settings["env_kwargs"] if settings is not None else {}), action_repeat=action_repeat
     )
+    if settings is not None and settings["cycle_scenarios"]:
+        cycle_kwargs = {**(TINY_ENV_KWARGS if args.tiny else {}), **settings["env_kwargs"], "action_repeat": action_repeat}
+        train_env = ScenarioCycle(train_env, list(settings["cycle_scenarios"]), cycle_kwargs)
     if settings is not None and settings["overspeed_penalty"] > 0:
         train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
     if settings is not None and settings["jerk_penalty"] > 0:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sb3_av  # noqa: F401  (registers the env ids)
-from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward
+from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import EpisodeMetrics
 
 FULL_THROTTLE = np.array([0.0, 1.0], dtype=np.float32)
@@ -107,3 +107,34 @@ def test_jerk_term_is_capped_and_bad_settings_are_clear_errors() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             JerkPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_scenario_cycle_takes_the_scenarios_in_turn_reproducibly() -> None:
+    """Each reset moves to the next scenario (NPC count tells them apart); seeded, two runs see the same traffic."""
+
+    def episodes() -> list[tuple[int, float]]:
+        env = ScenarioCycle(gym.make("LiteScenario0-v0"), ["LiteScenario1-v0", "LiteScenario2-v0"], {"action_repeat": 2})
+        seen = []
+        for k in range(5):
+            env.reset(seed=7 if k == 0 else None)
+            backend = env.unwrapped.backend
+            seen.append((len(backend.npcs), float(sum(npc.position[0] for npc in backend.npcs))))
+            assert env.env_index == k % 3
+        assert env.unwrapped.config.action_repeat == 2  # the kwargs reach the other scenarios
+        env.close()
+        return seen
+
+    first = episodes()
+    assert [n for n, _ in first] == [20, 50, 100, 20, 50]
+    assert first[0][1] != first[3][1]  # scenario 0's second episode is new traffic
+    assert episodes() == first
+    plain = gym.make("LiteScenario0-v0")
+    plain.reset(seed=7)
+    assert sum(npc.position[0] for npc in plain.unwrapped.backend.npcs) == first[0][1]  # env 0 keeps its seed
+
+
+def test_scenario_cycle_rejects_bad_ids_and_other_spaces() -> None:
+    with pytest.raises(ValueError, match="non-empty list of env ids"):
+        ScenarioCycle(_lite(), [])
+    with pytest.raises(ValueError, match="other spaces"):
+        ScenarioCycle(_lite(), ["LiteScenario1-v0"], {"frame_stack": 2})

@@ -8,6 +8,7 @@ peaks at the target speed, as its own named term so that ``info["reward_terms"]`
 :class:`JerkPenalty` charges the longitudinal jerk the evaluation reports (``mean_abs_jerk_ms3``): the
 contract's ``comfort`` term (weight 0.1, at most 0.1 a step) is too weak to stop a deterministic policy from
 flipping between throttle and brake (|jerk| of 60-70 m/s^3 against a comfort bound of 2).
+:class:`ScenarioCycle` trains one agent on several scenarios, one episode each in turn.
 :class:`ScaleReward` multiplies the reward (TD3's critic learns faster on rewards of order 0.1 per step).
 
 Evaluate on the plain env: success, route completion and collisions do not depend on the reward.
@@ -22,7 +23,7 @@ import gymnasium as gym
 
 from sb3_av._checks import is_finite_number
 
-__all__ = ["JerkPenalty", "OverspeedPenalty", "ScaleReward"]
+__all__ = ["JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
 
 
 def _target_speed_ms(env: gym.Env) -> float:
@@ -133,3 +134,52 @@ class JerkPenalty(gym.Wrapper):
         self._last = (now, speed)
         info["reward_terms"] = {**info.get("reward_terms", {}), "jerk": term}
         return obs, float(reward) + term, terminated, truncated, info
+
+
+class ScenarioCycle(gym.Wrapper):
+    """Train on several scenarios: each reset moves to the next env of ``[env, *env_ids]``, in turn.
+
+    One agent sees the easy and the dense traffic alike (an agent trained only on dense traffic never drives a free
+    road). The envs must share the observation and action spaces. The first seeded reset seeds every env
+    (env ``i`` with ``seed + 1000 * i``), so a run is reproducible; later resets continue each env's own sequence.
+
+    :param env: the first scenario (the env the trainer made).
+    :param env_ids: the other scenarios' gymnasium ids, made with ``env_kwargs``.
+    :param env_kwargs: env kwargs of those envs (e.g. the same ``action_repeat`` as ``env``).
+    """
+
+    def __init__(self, env: gym.Env, env_ids: list[str], env_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(env)
+        if not isinstance(env_ids, list | tuple) or not env_ids or not all(isinstance(i, str) for i in env_ids):
+            raise ValueError(f"ScenarioCycle env_ids must be a non-empty list of env ids, got {env_ids!r}")
+        self._envs: list[gym.Env] = [env]
+        for env_id in env_ids:
+            other = gym.make(env_id, **(env_kwargs or {}))
+            if other.observation_space != env.observation_space or other.action_space != env.action_space:
+                other.close()
+                raise ValueError(f"ScenarioCycle: {env_id} has other spaces than {env.spec.id if env.spec else env}")
+            self._envs.append(other)
+        self._index = -1
+        self._seeded = False
+
+    @property
+    def env_index(self) -> int:
+        """Index (in ``[env, *env_ids]``) of the env of the current episode."""
+        return self._index
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Move to the next env and reset it (the first seeded reset seeds all of them)."""
+        self._index = (self._index + 1) % len(self._envs)
+        self.env = self._envs[self._index]
+        if seed is not None and not self._seeded:
+            self._seeded = True
+            for i, env in enumerate(self._envs):
+                if i != self._index:
+                    env.reset(seed=seed + 1000 * i)
+            return self.env.reset(seed=seed + 1000 * self._index, options=options)
+        return self.env.reset(seed=seed, options=options)
+
+    def close(self) -> None:
+        """Close every env."""
+        for env in self._envs:
+            env.close()

@@ -22,7 +22,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
 
 from sb3_av._checks import is_finite_number
-from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward
+from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 
 __all__ = [
@@ -103,6 +103,7 @@ ENV_WRAPPERS: dict[str, type[gym.Wrapper]] = {
     "JerkPenalty": JerkPenalty,
     "OverspeedPenalty": OverspeedPenalty,
     "ScaleReward": ScaleReward,
+    "ScenarioCycle": ScenarioCycle,
 }
 
 #: rl-zoo wrappers a config may name that do not work with the driving envs -> why, and what to do instead.
