@@ -561,7 +561,8 @@ def test_train_every_algo_writes_a_run_folder(algo: str, tmp_path: Path) -> None
     actor_cnn = None if algo == "td3" else 1.0  # the Lite TD3 blocks share one critic-trained encoder
     expected_norms = {"actor_cnn": actor_cnn, "actor_mlp": None, "critic_cnn": 10.0, "critic_mlp": None}
     assert info.hyperparams["max_grad_norms"] == expected_norms
-    assert info.hyperparams["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}
+    config_kwargs = {"action_repeat": 2} if algo == "td3" else {}  # the Lite TD3 blocks' control period
+    assert info.hyperparams["env_kwargs"] == {**config_kwargs, "camera_size": 36, "npc_vehicles": 2, "max_steps": 40}
     assert "train.py" in (run / "LiteScenario0-v0" / "command.txt").read_text()
     rows = list(csv.DictReader((run / "progress.csv").open()))
     grad_rows = [r for r in rows if r.get("debug/critic_cnn_grad_norm_BEFORE_clip")]
@@ -656,7 +657,8 @@ def test_enjoy_evaluates_a_run_folder(tmp_path: Path) -> None:
 
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n_episodes"] == 2 and 0.0 <= metrics["results"][0]["route_completion"] <= 1.0
-    assert metrics["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}, "the run's env kwargs"
+    run_kwargs = {"action_repeat": 2, "camera_size": 36, "npc_vehicles": 2, "max_steps": 40}  # the config's + the run's
+    assert metrics["env_kwargs"] == run_kwargs, "the run's env kwargs"
     assert "| LiteScenario0-v0 | 2 |" in out.stdout
     # `sb3-av evaluate` on the run folder takes the run's algorithm, env id and env kwargs
     out = subprocess.run(
@@ -670,7 +672,7 @@ def test_enjoy_evaluates_a_run_folder(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["algo"] == "td3" and evaluated["results"][0]["env_id"] == "LiteScenario0-v0"
-    assert evaluated["env_kwargs"] == {"camera_size": 36, "npc_vehicles": 2, "max_steps": 40}
+    assert evaluated["env_kwargs"] == run_kwargs
     # rl-zoo style lookup, and a missing checkpoint is a one-line error
     out = subprocess.run(
         [*enjoy, "--algo", "td3", "--env", "LiteScenario0-v0", "--load-best", "-n", "1"],
