@@ -573,12 +573,7 @@ def _check_traffic(
         raise ValueError(f"Lite backend setting npc_lane_changes must be true or false, got {npc_lane_changes!r}")
     if not isinstance(slow_npcs_ahead, int) or isinstance(slow_npcs_ahead, bool) or slow_npcs_ahead < 0:
         raise ValueError(f"Lite backend setting slow_npcs_ahead must be an integer >= 0, got {slow_npcs_ahead!r}")
-    low_high = list(slow_npc_speed_range_ms) if isinstance(slow_npc_speed_range_ms, list | tuple) else []
-    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-        raise ValueError(
-            "Lite backend setting slow_npc_speed_range_ms must be [low, high] with 0 < low <= high (m/s), "
-            f"got {slow_npc_speed_range_ms!r}"
-        )
+    _check_speed_range("slow_npc_speed_range_ms", slow_npc_speed_range_ms)
 
 
 def _check_settings(
@@ -606,9 +601,10 @@ def _check_settings(
             raise ValueError(f"Lite backend setting {name} must be a number > 0, got {value!r}")
     if route_length_m < 20:
         raise ValueError(f"Lite backend setting route_length_m must be >= 20 m, got {route_length_m}")
-    low_high = list(npc_speed_range_ms) if isinstance(npc_speed_range_ms, list | tuple) else []
+    _check_speed_range("npc_speed_range_ms", npc_speed_range_ms)
+
+
+def _check_speed_range(name: str, value: tuple[float, float] | list[float]) -> None:
+    low_high = list(value) if isinstance(value, list | tuple) else []
     if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-        raise ValueError(
-            "Lite backend setting npc_speed_range_ms must be [low, high] with 0 < low <= high (m/s), "
-            f"got {npc_speed_range_ms!r}"
-        )
+        raise ValueError(f"Lite backend setting {name} must be [low, high] with 0 < low <= high (m/s), got {value!r}")
