@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -11,16 +9,11 @@ import pytest
 from sb3_av.envs import scenario_ids
 from sb3_av.zoo import get_algorithm
 from sb3_av.zoo.config import default_config_file, load_config_file, validate_hyperparams
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_scripts import load_benchmark
 
 
 def _learning_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("learning")
 
 
 @pytest.mark.parametrize("env_id", scenario_ids("lite"))

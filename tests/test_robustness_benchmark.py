@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import sb3_av  # noqa: F401  (registers the envs)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
+from tests.benchmark_scripts import load_benchmark
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
 ENV_ID = "LiteScenario0-v0"
@@ -24,12 +23,7 @@ KEYS = ("success_rate", "route_completion", "collisions_per_km", "mean_speed_ms"
 
 @pytest.fixture(scope="module")
 def robustness() -> Any:
-    spec = importlib.util.spec_from_file_location("robustness_benchmark", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("robustness")
 
 
 @pytest.fixture(scope="module")
