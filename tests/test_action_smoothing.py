@@ -17,7 +17,7 @@ from sb3_av.td3 import ClippedTD3
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
 
-def _model(beta: float, shared: bool = True, steps: int = 120) -> ClippedTD3:
+def _model(beta: float | list[float], shared: bool = True, steps: int = 120) -> ClippedTD3:
     env = gym.make("LiteScenario0-v0", max_steps=100)
     policy_kwargs = {
         "net_arch": [16],
@@ -59,6 +59,20 @@ def test_action_is_the_blend_of_the_actor_output_and_the_previous_action(shared:
     assert loaded.predict(obs, deterministic=True)[0] == pytest.approx(action, abs=1e-6)
 
 
+def test_one_beta_per_action_dimension(tmp_path: Path) -> None:
+    """A list smooths each control with its own beta (here the throttle harder than the steering)."""
+    betas, previous = np.array([0.3, 0.9]), np.array([-0.4, 0.7])
+    model = _model([0.3, 0.9])
+    obs = _obs_with_previous_action(model, previous.tolist())
+    expected = (1 - betas) * _head_output(model, obs) + betas * previous
+    action, _ = model.predict(obs, deterministic=True)
+    assert action == pytest.approx(expected, abs=1e-6)
+    model.save(tmp_path / "model.zip")
+    loaded = ClippedTD3.load(tmp_path / "model.zip")
+    assert loaded.policy.actor.action_smoothing == (0.3, 0.9)
+    assert loaded.predict(obs, deterministic=True)[0] == pytest.approx(action, abs=1e-6)
+
+
 def test_training_heads_use_the_smoothed_action() -> None:
     """The actions the critic targets and the actor loss use are the smoothed ones, with gradient to the head."""
     beta = 0.5
@@ -83,9 +97,9 @@ def test_zero_smoothing_is_the_plain_policy() -> None:
     assert zero.predict(obs, deterministic=True)[0] == pytest.approx(plain.predict(obs, deterministic=True)[0], abs=1e-6)
 
 
-@pytest.mark.parametrize("beta", [-0.1, 1.0, "0.5"])
+@pytest.mark.parametrize("beta", [-0.1, 1.0, "0.5", True, [0.5], [0.5, 0.5, 0.5], [0.5, 1.2]])
 def test_bad_smoothing_is_a_clear_error(beta: object) -> None:
-    with pytest.raises(ValueError, match=r"action_smoothing must be a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"action_smoothing must be a number in \[0, 1\) or a list of 2"):
         ClippedTD3("MultiInputPolicy", gym.make("LiteScenario0-v0"), policy_kwargs={"action_smoothing": beta}, buffer_size=10)
 
 

@@ -21,6 +21,8 @@ target update (SB3's shared mode updates it twice, an effective 2 * tau).
 contract's ``vector`` holds it), so the policy stays a function of its observation (evaluated on the plain env) and
 a jittery actor output moves the controls only by ``1 - beta`` of its jitter: a first-order low-pass filter on the
 controls, inside the policy. The critic and the actor loss see the smoothed action (what the env executes).
+``beta`` is one number for both controls or one per control (``[steer, throttle_brake]``): the longitudinal jerk
+comes from the throttle_brake control alone, so it can be filtered harder than the steering.
 
 The policy owns "encode once, then heads" for :meth:`sb3_av.td3.ClippedTD3.train` (:meth:`TD3Policy.heads`):
 :class:`TD3Heads` is SB3's step (each network extracts its own features; also used for SB3's own TD3 policies),
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ContinuousCritic
@@ -54,6 +57,7 @@ __all__ = [
     "TD3Heads",
     "TD3Policy",
     "previous_action",
+    "smoothing_betas",
 ]
 
 #: Where the driving observation keeps the previous action ``[steer, throttle_brake]``: ``vector[3:5]`` (the env
@@ -65,6 +69,30 @@ def previous_action(observations: PyTorchObs) -> th.Tensor:
     """The previous action ``(batch, 2)`` in [-1, 1] that a driving observation batch carries in its ``vector``."""
     assert isinstance(observations, dict), "action smoothing needs the driving env's Dict observation"
     return observations["vector"][:, PREVIOUS_ACTION_SLICE].float().clamp(-1.0, 1.0)
+
+
+#: ``action_smoothing``: one ``beta`` for every action dimension, or one per dimension.
+ActionSmoothing = float | tuple[float, ...]
+
+
+def smoothing_betas(action_smoothing: ActionSmoothing) -> tuple[float, ...]:
+    """The ``beta`` values of ``action_smoothing`` as a tuple (one value, or one per action dimension)."""
+    if isinstance(action_smoothing, tuple | list):
+        return tuple(float(b) for b in action_smoothing)
+    return (float(action_smoothing),)
+
+
+def _check_action_smoothing(action_smoothing: Any, action_space: spaces.Box) -> ActionSmoothing:
+    """``action_smoothing`` validated: a number in [0, 1), or a list of such numbers, one per action dimension."""
+    values = list(action_smoothing) if isinstance(action_smoothing, tuple | list) else [action_smoothing]
+    valid = all(isinstance(b, int | float) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in values)
+    n_actions = int(np.prod(action_space.shape))
+    if not valid or (isinstance(action_smoothing, tuple | list) and len(values) != n_actions):
+        raise ValueError(
+            f"action_smoothing must be a number in [0, 1) or a list of {n_actions} such numbers "
+            f"(one per action dimension), got {action_smoothing!r}"
+        )
+    return tuple(float(b) for b in values) if isinstance(action_smoothing, tuple | list) else float(action_smoothing)
 
 
 class EncodedBatch(NamedTuple):
@@ -193,14 +221,16 @@ class EncoderActor(Actor):
     """SB3's TD3 actor that can read its features detached from a shared encoder, and smooth its actions.
 
     :param detach_features: compute the features without gradient (the encoder belongs to the critic).
-    :param action_smoothing: ``beta`` in [0, 1): the action is ``(1 - beta) * mu(features) + beta * previous action``
-        (:func:`previous_action`); 0 = SB3's actor.
+    :param action_smoothing: ``beta`` in [0, 1), one number or one per action dimension: the action is
+        ``(1 - beta) * mu(features) + beta * previous action`` (:func:`previous_action`); 0 = SB3's actor.
     """
 
-    def __init__(self, *args: Any, detach_features: bool = False, action_smoothing: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, detach_features: bool = False, action_smoothing: ActionSmoothing = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.detach_features = detach_features
-        self.action_smoothing = float(action_smoothing)
+        self.action_smoothing = action_smoothing
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -210,9 +240,9 @@ class EncoderActor(Actor):
 
     def smooth(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """``actions`` (the head's output) blended with the observation's previous action (see ``action_smoothing``)."""
-        if self.action_smoothing == 0.0:
+        if not any(smoothing_betas(self.action_smoothing)):
             return actions
-        beta = self.action_smoothing
+        beta = th.as_tensor(smoothing_betas(self.action_smoothing), dtype=actions.dtype, device=actions.device)
         return (1.0 - beta) * actions + beta * previous_action(obs).to(actions.dtype)
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
@@ -232,7 +262,7 @@ class TD3Policy(_SB3TD3Policy):
     actor_target: EncoderActor
 
     #: See :class:`EncoderActor`; set by :class:`MultiInputPolicy` (0 elsewhere).
-    action_smoothing: float = 0.0
+    action_smoothing: ActionSmoothing = 0.0
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> EncoderActor:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
@@ -328,8 +358,9 @@ class MultiInputPolicy(TD3Policy):
     (``[400, 300]``) otherwise. An explicit ``features_extractor_class`` always wins. Other parameters as
     :class:`stable_baselines3.td3.policies.MultiInputPolicy`.
 
-    :param action_smoothing: ``beta`` in [0, 1) (driving observation spaces only): the action is ``(1 - beta) *``
-        the actor's output ``+ beta *`` the previous action the observation carries (see the module docstring).
+    :param action_smoothing: ``beta`` in [0, 1) (driving observation spaces only), one number or a list of one per
+        action dimension (``[steer, throttle_brake]``): the action is ``(1 - beta) *`` the actor's output ``+ beta *``
+        the previous action the observation carries (see the module docstring).
     """
 
     def __init__(
@@ -347,16 +378,15 @@ class MultiInputPolicy(TD3Policy):
         n_critics: int = 2,
         share_features_extractor: bool = False,
         *,
-        action_smoothing: float = 0.0,
+        action_smoothing: ActionSmoothing = 0.0,
     ) -> None:
-        if not (isinstance(action_smoothing, int | float) and 0.0 <= action_smoothing < 1.0):
-            raise ValueError(f"action_smoothing must be a number in [0, 1), got {action_smoothing!r}")
-        if action_smoothing and not is_driving_observation_space(observation_space):
+        action_smoothing = _check_action_smoothing(action_smoothing, action_space)
+        if any(smoothing_betas(action_smoothing)) and not is_driving_observation_space(observation_space):
             raise ValueError(
                 "action_smoothing reads the previous action from the driving observation (image + vector); "
                 f"this observation space is not one: {observation_space}"
             )
-        self.action_smoothing = float(action_smoothing)  # read by make_actor() during super().__init__
+        self.action_smoothing = action_smoothing  # read by make_actor() during super().__init__
         extractor_class, net_arch = multi_input_defaults(observation_space, features_extractor_class, net_arch)
         super().__init__(
             observation_space,
