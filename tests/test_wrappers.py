@@ -133,8 +133,25 @@ def test_scenario_cycle_takes_the_scenarios_in_turn_reproducibly() -> None:
     assert sum(npc.position[0] for npc in plain.unwrapped.backend.npcs) == first[0][1]  # env 0 keeps its seed
 
 
+def test_scenario_cycle_entries_with_their_own_kwargs() -> None:
+    """An entry's own env kwargs go on top of the shared ones: the same scenario on another route lane."""
+    lanes = [{"env_id": "LiteScenario2-v0", "env_kwargs": {"route_lane": lane}} for lane in (0, 2)]
+    env = ScenarioCycle(gym.make("LiteScenario2-v0", action_repeat=2), lanes, {"action_repeat": 2})
+    seen = []
+    for k in range(3):
+        env.reset(seed=3 if k == 0 else None)
+        seen.append((env.unwrapped.backend.route_lane, env.unwrapped.config.action_repeat))
+    env.close()
+    assert seen == [(1, 2), (0, 2), (2, 2)]
+
+
 def test_scenario_cycle_rejects_bad_ids_and_other_spaces() -> None:
     with pytest.raises(ValueError, match="non-empty list of env ids"):
         ScenarioCycle(_lite(), [])
     with pytest.raises(ValueError, match="other spaces"):
         ScenarioCycle(_lite(), ["LiteScenario1-v0"], {"frame_stack": 2})
+    with pytest.raises(ValueError, match="other spaces"):
+        ScenarioCycle(_lite(), [{"env_id": "LiteScenario1-v0", "env_kwargs": {"camera_size": 64}}])
+    for entry in (3, {"id": "LiteScenario1-v0"}, {"env_id": "LiteScenario1-v0", "env_kwargs": [1]}):
+        with pytest.raises(ValueError, match="entries must be an env id or"):
+            ScenarioCycle(_lite(), [entry])  # type: ignore[list-item]

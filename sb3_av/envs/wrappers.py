@@ -140,25 +140,29 @@ class ScenarioCycle(gym.Wrapper):
     """Train on several scenarios: each reset moves to the next env of ``[env, *env_ids]``, in turn.
 
     One agent sees the easy and the dense traffic alike (an agent trained only on dense traffic never drives a free
-    road). The envs must share the observation and action spaces. The first seeded reset seeds every env
-    (env ``i`` with ``seed + 1000 * i``), so a run is reproducible; later resets continue each env's own sequence.
+    road), or one scenario on several roads (another route lane, lane width: an entry with its own env kwargs). The
+    envs must share the observation and action spaces. The first seeded reset seeds every env (env ``i`` with
+    ``seed + 1000 * i``), so a run is reproducible; later resets continue each env's own sequence.
 
     :param env: the first scenario (the env the trainer made).
-    :param env_ids: the other scenarios' gymnasium ids, made with ``env_kwargs``.
-    :param env_kwargs: env kwargs of those envs (e.g. the same ``action_repeat`` as ``env``).
+    :param env_ids: the other scenarios: a gymnasium id, or ``{"env_id": id, "env_kwargs": {...}}`` for a scenario
+        with env kwargs of its own (on top of ``env_kwargs``), e.g. ``{"env_id": "LiteScenario2-v0", "env_kwargs":
+        {"route_lane": 0}}``.
+    :param env_kwargs: env kwargs of every other env (e.g. the same ``action_repeat`` as ``env``).
     """
 
-    def __init__(self, env: gym.Env, env_ids: list[str], env_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, env: gym.Env, env_ids: list[str | dict[str, Any]], env_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__(env)
-        if not isinstance(env_ids, list | tuple) or not env_ids or not all(isinstance(i, str) for i in env_ids):
+        if not isinstance(env_ids, list | tuple) or not env_ids:
             raise ValueError(f"ScenarioCycle env_ids must be a non-empty list of env ids, got {env_ids!r}")
         self._envs: list[gym.Env] = [env]
-        for env_id in env_ids:
-            other = gym.make(env_id, **(env_kwargs or {}))
-            if other.observation_space != env.observation_space or other.action_space != env.action_space:
-                other.close()
-                raise ValueError(f"ScenarioCycle: {env_id} has other spaces than {env.spec.id if env.spec else env}")
+        for entry in env_ids:
+            env_id, own_kwargs = _cycle_entry(entry)
+            other = gym.make(env_id, **{**(env_kwargs or {}), **own_kwargs})
             self._envs.append(other)
+            if other.observation_space != env.observation_space or other.action_space != env.action_space:
+                self.close()
+                raise ValueError(f"ScenarioCycle: {env_id} has other spaces than {env.spec.id if env.spec else env}")
         self._index = -1
         self._seeded = False
 
@@ -183,3 +187,19 @@ class ScenarioCycle(gym.Wrapper):
         """Close every env."""
         for env in self._envs:
             env.close()
+
+
+def _cycle_entry(entry: Any) -> tuple[str, dict[str, Any]]:
+    """A :class:`ScenarioCycle` entry as ``(env id, its own env kwargs)``; a clear error for anything else."""
+    if isinstance(entry, str):
+        return entry, {}
+    if (
+        isinstance(entry, dict)
+        and isinstance(entry.get("env_id"), str)
+        and set(entry) <= {"env_id", "env_kwargs"}
+        and isinstance(entry.get("env_kwargs", {}), dict)
+    ):
+        return entry["env_id"], dict(entry.get("env_kwargs", {}))
+    raise ValueError(
+        f"ScenarioCycle env_ids entries must be an env id or {{'env_id': id, 'env_kwargs': {{...}}}}, got {entry!r}"
+    )
