@@ -56,7 +56,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
-from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 
@@ -80,6 +80,7 @@ RECOMMENDED: dict[str, Any] = {
     "action_repeat": 2,
     "overspeed_penalty": 1.0,
     "jerk_penalty": 2.0,
+    "headway_penalty": 0.0,  # HeadwayPenalty weight (time headway below 1.5 s); 0 = off
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
     "image_augmentation": None,
     "augmentation_pad": 4,
@@ -300,6 +301,8 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
     if settings is not None and settings["jerk_penalty"] > 0:
         train_env = JerkPenalty(train_env, settings["jerk_penalty"])
+    if settings is not None and settings.get("headway_penalty", 0.0) > 0:
+        train_env = HeadwayPenalty(train_env, settings["headway_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sb3_av  # noqa: F401  (registers the env ids)
-from sb3_av.envs.wrappers import JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import EpisodeMetrics
 
 FULL_THROTTLE = np.array([0.0, 1.0], dtype=np.float32)
@@ -107,6 +107,52 @@ def test_jerk_term_is_capped_and_bad_settings_are_clear_errors() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             JerkPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_headway_term_charges_following_closer_than_the_minimum_headway() -> None:
+    """Full throttle into a slow leader: free while far, then -weight * (1 - gap / speed / min_headway) per step."""
+    weight, min_headway = 0.8, 1.5
+    make = lambda: gym.make("LiteScenario0-v0", npc_vehicles=1, slow_npcs_ahead=1, max_steps=400)  # noqa: E731
+    env, plain = HeadwayPenalty(make(), weight=weight, min_headway_s=min_headway), make()
+    env.reset(seed=2)
+    plain.reset(seed=2)
+    charged = free = 0
+    for _ in range(200):
+        _, reward, terminated, truncated, info = env.step(FULL_THROTTLE)
+        _, plain_reward, *_, plain_info = plain.step(FULL_THROTTLE)
+        gap, speed = plain_info["backend"]["lead_distance_m"], plain_info["speed_ms"]
+        expected = 0.0 if gap is None or speed < 0.5 else -weight * min(max(1 - gap / speed / min_headway, 0.0), 1.0)
+        assert info["reward_terms"]["headway"] == pytest.approx(expected, abs=1e-12)
+        assert reward == pytest.approx(plain_reward + expected, abs=1e-9)
+        assert sum(info["reward_terms"].values()) == pytest.approx(reward, abs=1e-9)
+        charged += expected < 0
+        free += expected == 0
+        if terminated or truncated:
+            break
+    assert charged > 10 and free > 10
+
+
+class _NoLeaderInfo(gym.Wrapper):
+    """A backend that does not report the gap (as the CARLA backend)."""
+
+    def step(self, action: np.ndarray) -> tuple:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["backend"] = {k: v for k, v in info["backend"].items() if k != "lead_distance_m"}
+        return obs, reward, terminated, truncated, info
+
+
+def test_headway_term_bad_settings_and_a_backend_without_the_gap_are_clear_errors() -> None:
+    for kwargs, message in (
+        ({"weight": -1.0}, "HeadwayPenalty weight must be a finite number >= 0"),
+        ({"min_headway_s": 0.0}, "HeadwayPenalty min_headway_s must be a finite number > 0"),
+        ({"min_headway_s": math.inf}, "HeadwayPenalty min_headway_s"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            HeadwayPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+    env = HeadwayPenalty(_NoLeaderInfo(_lite()))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="needs the gap to the vehicle ahead"):
+        env.step(FULL_THROTTLE)
 
 
 def test_scenario_cycle_takes_the_scenarios_in_turn_reproducibly() -> None:

@@ -8,6 +8,9 @@ peaks at the target speed, as its own named term so that ``info["reward_terms"]`
 :class:`JerkPenalty` charges the longitudinal jerk the evaluation reports (``mean_abs_jerk_ms3``): the
 contract's ``comfort`` term (weight 0.1, at most 0.1 a step) is too weak to stop a deterministic policy from
 flipping between throttle and brake (|jerk| of 60-70 m/s^3 against a comfort bound of 2).
+:class:`HeadwayPenalty` charges following closer than a time headway (the 1.5 s that the NPCs' IDM and the PID
+baseline keep): an agent that tailgates leaves no room when a neighbour cuts in, and a smoothed (slow) brake needs
+that room.
 :class:`ScenarioCycle` trains one agent on several scenarios, one episode each in turn.
 :class:`ScaleReward` multiplies the reward (TD3's critic learns faster on rewards of order 0.1 per step).
 
@@ -23,7 +26,7 @@ import gymnasium as gym
 
 from sb3_av._checks import is_finite_number
 
-__all__ = ["JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
+__all__ = ["HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
 
 
 def _target_speed_ms(env: gym.Env) -> float:
@@ -134,6 +137,51 @@ class JerkPenalty(gym.Wrapper):
         self._last = (now, speed)
         info["reward_terms"] = {**info.get("reward_terms", {}), "jerk": term}
         return obs, float(reward) + term, terminated, truncated, info
+
+
+class HeadwayPenalty(gym.Wrapper):
+    """Charge ``weight * (1 - headway / min_headway_s)`` per step while the time headway is below ``min_headway_s``.
+
+    The time headway is the bumper-to-bumper gap to the vehicle ahead on the route lane over the ego's speed
+    (``info["backend"]["lead_distance_m"] / info["speed_ms"]``, what ``benchmarks/traffic_difficulty.py`` counts);
+    no leader, or a speed below 0.5 m/s, costs nothing. The term is in ``[-weight, 0]``: 0 at ``min_headway_s``
+    and beyond, ``-weight`` at a zero gap. Following a leader at its speed costs no progress at any gap, so the
+    term moves where the agent follows, not whether it drives. The backend must report the gap (Lite does).
+
+    :param env: a driving env whose backend reports ``lead_distance_m``.
+    :param weight: weight of the term (>= 0).
+    :param min_headway_s: the time headway (s) below which the term charges (> 0).
+    :raises ValueError: at the first step, when the backend does not report ``lead_distance_m``.
+    """
+
+    def __init__(self, env: gym.Env, weight: float = 0.5, min_headway_s: float = 1.5) -> None:
+        super().__init__(env)
+        if not is_finite_number(weight) or weight < 0:
+            raise ValueError(f"HeadwayPenalty weight must be a finite number >= 0, got {weight!r}")
+        if not is_finite_number(min_headway_s) or not min_headway_s > 0:
+            raise ValueError(f"HeadwayPenalty min_headway_s must be a finite number > 0, got {min_headway_s!r}")
+        self.weight = float(weight)
+        self.min_headway_s = float(min_headway_s)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the env and add the weighted ``headway`` term to the reward and the reward terms."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        backend = info.get("backend", {})
+        if "lead_distance_m" not in backend:
+            raise ValueError(
+                "HeadwayPenalty needs the gap to the vehicle ahead in info['backend']['lead_distance_m'], which this "
+                f"backend does not report (the Lite backend does); backend info keys: {sorted(backend)}"
+            )
+        gap, speed = backend["lead_distance_m"], float(info["speed_ms"])
+        term = 0.0
+        if gap is not None and speed >= _HEADWAY_MIN_SPEED_MS:
+            headway_s = float(gap) / speed
+            term = -self.weight * min(max(1.0 - headway_s / self.min_headway_s, 0.0), 1.0)
+        info["reward_terms"] = {**info.get("reward_terms", {}), "headway": term}
+        return obs, float(reward) + term, terminated, truncated, info
+
+
+_HEADWAY_MIN_SPEED_MS = 0.5  # HeadwayPenalty: below this speed the headway is not charged
 
 
 class ScenarioCycle(gym.Wrapper):
