@@ -479,6 +479,73 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+#: Settings every part of a merged result shares (the protocol); the compute settings may differ between configs.
+PROTOCOL_KEYS = ("env", "eval_envs", "keep_best", "budget", "eval_episodes", "curve_every", "curve_episodes", "tiny")
+#: Settings the runs of one config share across parts (with its effective RECOMMENDED settings, for sb3av).
+CONFIG_KEYS = ("train_freq", "gradient_steps", "batch_size")
+
+
+def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
+    """The sb3av settings a result file ran with: its RECOMMENDED and ``--set``, keys added since at today's default."""
+    return {**RECOMMENDED, **part.get("recommended", {}), **part["settings"].get("overrides", {})}
+
+
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """One result from several result files of the same protocol (seeds run in parts, on other CPUs or at other times).
+
+    :raises ValueError: the files differ in the protocol (:data:`PROTOCOL_KEYS`), a config's compute settings or
+        sb3av settings differ between files, or a (config, seed) run is in two files.
+    """
+    parts = [(path, json.loads(Path(path).read_text())) for path in paths]
+    first_path, first = parts[0]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    config_settings: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path, part in parts:
+        for key in PROTOCOL_KEYS:
+            if part["settings"].get(key) != first["settings"].get(key):
+                raise ValueError(
+                    f"{path} was run with {key}={part['settings'].get(key)!r}, {first_path} with "
+                    f"{first['settings'].get(key)!r}: not the same protocol"
+                )
+        for row in part["rows"]:
+            name = row["config"]
+            own = {key: part["settings"].get(key) for key in CONFIG_KEYS}
+            if name == "sb3av":
+                own["sb3av"] = _effective_settings(part)
+            seen = config_settings.setdefault(name, (path, own))
+            if seen[1] != own:
+                diff = [k for k in CONFIG_KEYS if own[k] != seen[1][k]]
+                if name == "sb3av":
+                    diff += [k for k in own["sb3av"] if own["sb3av"][k] != seen[1]["sb3av"].get(k)]
+                raise ValueError(f"{name} runs differ between {seen[0]} and {path} in {sorted(diff)}")
+            for run in row["runs"]:
+                if any(r["seed"] == run["seed"] for r in runs.get(name, [])) and name != "pid":
+                    raise ValueError(f"{name} seed {run['seed']} is in more than one file (second: {path})")
+                if name == "pid" and name in runs:
+                    continue  # deterministic: the same episodes give the same numbers; keep the first
+                runs.setdefault(name, []).append(run)
+    order = [name for name in CONFIGS if name in runs]
+    for name in order:
+        runs[name].sort(key=lambda r: r["seed"])
+    return {
+        "settings": {key: first["settings"].get(key) for key in PROTOCOL_KEYS},
+        "recommended": config_settings["sb3av"][1]["sb3av"] if "sb3av" in config_settings else RECOMMENDED,
+        "parts": [
+            {
+                "file": str(path),
+                "configs": [row["config"] for row in part["rows"]],
+                "seeds": sorted({s for row in part["rows"] for s in row["seeds"]}),
+                "settings": part["settings"],
+                "machine": part.get("machine"),
+                "wall_time_s": part.get("wall_time_s"),
+                "note": part.get("note"),
+            }
+            for path, part in parts
+        ],
+        "rows": [_row(name, runs[name]) for name in order],
+    }
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="LiteScenario0-v0", help="the training env (and the curve evaluations')")
@@ -507,6 +574,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny nets, batch 16, 120-step episodes")
     parser.add_argument("--out", default="benchmarks/results/learning.json")
     parser.add_argument("--save-dir", default=None, help="save each learner's reported model as <dir>/<config>_seed<k>.zip")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RESULT",
+        help="train nothing: merge result files of the same protocol (seeds run in parts) into --out, with tables and curves",
+    )
+    parser.add_argument("--note", default=None, help="a note stored in the --out file (e.g. what else ran on the CPU)")
     args = parser.parse_args(argv)
     args.eval_envs = args.eval_envs or [args.env]
     unknown = set(args.overrides) - set(RECOMMENDED)
@@ -525,7 +600,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry: run the benchmark, print the Markdown table, return the result dict."""
     args = _parse(argv)
+    if args.merge:
+        missing = [str(path) for path in args.merge if not path.is_file()]
+        if missing:
+            raise SystemExit(f"learning.py --merge: no such result file: {', '.join(missing)}")
+        try:
+            result = merge_results(args.merge)
+        except (ValueError, KeyError, json.JSONDecodeError) as error:
+            raise SystemExit(f"learning.py --merge: {error}") from None
+        if args.note:
+            result["note"] = args.note
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        plot_curves(result, Path(args.out).with_suffix(".png"))
+        print(format_table(result["rows"], result["settings"]["eval_episodes"]))
+        print(f"\nmerged {len(args.merge)} files -> {args.out}; curves: {Path(args.out).with_suffix('.png')}")
+        return result
     result = run_benchmark(args)
+    if args.note:
+        result["note"] = args.note
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     print(format_table(result["rows"], args.eval_episodes))
     print(f"\nwall time {result['wall_time_s'] / 60:.1f} min; curves: {Path(args.out).with_suffix('.png')}")
     return result

@@ -119,3 +119,57 @@ def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
         learning.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _part(tmp_path: Path, name: str, seeds: list[int], success: list[float], **settings) -> Path:
+    """A result file as run_benchmark writes it, with the fields the merge and the tables read."""
+    base = {"env": "LiteScenario2-v0", "eval_envs": ["LiteScenario2-v0"], "keep_best": True, "budget": 40000}
+    base |= {"eval_episodes": 20, "curve_every": 4000, "curve_episodes": 5, "tiny": False, "train_freq": 1}
+    base |= {"gradient_steps": 1, "batch_size": None, "overrides": {}, **settings}
+    runs = [
+        {
+            "seed": seed,
+            "success_rate": rate,
+            "route_completion": rate,
+            "mean_return": 100 * rate,
+            "train_time_s": 60.0 * (seed + 1),
+            "eval": {
+                "LiteScenario2-v0": {
+                    "success_rate": rate,
+                    "collisions_per_km": 0.0,
+                    "mean_speed_ms": 6.0,
+                    "mean_abs_jerk_ms3": 2.0,
+                }
+            },
+            "curve": [{"step": 4000, "success_rate": rate, "return": 1.0}],
+        }
+        for seed, rate in zip(seeds, success, strict=True)
+    ]
+    row = {"config": "sb3av", "seeds": seeds, "runs": runs}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"settings": base, "recommended": {"jerk_penalty": 2.0}, "rows": [row], "wall_time_s": 1}))
+    return path
+
+
+def test_merge_joins_the_seeds_of_one_protocol_and_refuses_another(learning, tmp_path, capsys):
+    a = _part(tmp_path, "a", [0, 1], [1.0, 0.8], jobs=2)
+    b = _part(tmp_path, "b", [5], [0.9], jobs=1, save_dir="models")  # compute placement may differ
+    out = tmp_path / "all.json"
+    result = learning.main(["--merge", str(a), str(b), "--out", str(out), "--note", "two parts"])
+    (row,) = result["rows"]
+    assert row["seeds"] == [0, 1, 5]
+    assert row["success_rate_mean"] == pytest.approx((1.0 + 0.8 + 0.9) / 3)
+    assert row["train_time_s_mean"] == pytest.approx((60 + 120 + 360) / 3)
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "two parts" and [p["seeds"] for p in saved["parts"]] == [[0, 1], [5]]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "| sb3-av recommended TD3 | 0, 1, 5 | 0.90 ± 0.08 (1.00 / 0.80 / 0.90) |" in capsys.readouterr().out
+    for other, message in (
+        (_part(tmp_path, "c", [2], [1.0], budget=20000), "budget=20000"),
+        (_part(tmp_path, "d", [2], [1.0], overrides={"jerk_penalty": 5.0}), "in ['jerk_penalty']"),
+        (_part(tmp_path, "e", [2], [1.0], train_freq=2), "in ['train_freq']"),
+        (_part(tmp_path, "f", [1], [1.0]), "sb3av seed 1 is in more than one file"),
+        (tmp_path / "missing.json", "no such result file"),
+    ):
+        with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+            learning.main(["--merge", str(a), str(other), "--out", str(tmp_path / "x.json")])
