@@ -94,7 +94,7 @@ RECOMMENDED: dict[str, Any] = {
             "cnn_dtype": "auto",
             "channels_last": True,
         },
-        "action_smoothing": 0.7,
+        "action_smoothing": [0.7, 0.92],  # [steer, throttle_brake]: the jerk comes from the second
     },
 }
 
