@@ -39,7 +39,35 @@ def _target_speed_ms(env: gym.Env) -> float:
     return float(target)
 
 
-class OverspeedPenalty(gym.Wrapper):
+class _PenaltyTerm(gym.Wrapper):
+    """A reward term of its own: ``step`` adds :meth:`term` (of the step's ``info``) to the reward and to
+    ``info["reward_terms"]`` under :attr:`term_name`, so the terms still sum to the reward.
+
+    :param env: the env.
+    :param weight: weight of the term (>= 0), checked here for every subclass.
+    """
+
+    term_name: str = ""
+
+    def __init__(self, env: gym.Env, weight: float) -> None:
+        super().__init__(env)
+        if not is_finite_number(weight) or weight < 0:
+            raise ValueError(f"{type(self).__name__} weight must be a finite number >= 0, got {weight!r}")
+        self.weight = float(weight)
+
+    def term(self, info: dict[str, Any]) -> float:
+        """The weighted term (<= 0) of the step that returned ``info``."""
+        raise NotImplementedError
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the env and add the weighted term to the reward and the reward terms."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        term = self.term(info)
+        info["reward_terms"] = {**info.get("reward_terms", {}), self.term_name: term}
+        return obs, float(reward) + term, terminated, truncated, info
+
+
+class OverspeedPenalty(_PenaltyTerm):
     """Charge ``weight * min((v - v_target) / v_target - tolerance, 1)`` per step while faster than the target.
 
     The term ``overspeed = -clip((v - v_target) / v_target - tolerance, 0, 1)`` is added to the reward and to
@@ -53,23 +81,19 @@ class OverspeedPenalty(gym.Wrapper):
     :param tolerance: free margin above the target, as a fraction of it (>= 0).
     """
 
+    term_name = "overspeed"
+
     def __init__(self, env: gym.Env, weight: float = 1.0, tolerance: float = 0.1) -> None:
-        super().__init__(env)
-        for name, value in (("weight", weight), ("tolerance", tolerance)):
-            if not is_finite_number(value) or value < 0:
-                raise ValueError(f"OverspeedPenalty {name} must be a finite number >= 0, got {value!r}")
-        self.weight = float(weight)
+        super().__init__(env, weight)
+        if not is_finite_number(tolerance) or tolerance < 0:
+            raise ValueError(f"OverspeedPenalty tolerance must be a finite number >= 0, got {tolerance!r}")
         self.tolerance = float(tolerance)
         self.target_speed_ms = _target_speed_ms(env)
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the env and add the weighted ``overspeed`` term to the reward and the reward terms."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        speed = float(info["speed_ms"])
-        excess = (speed - self.target_speed_ms) / self.target_speed_ms - self.tolerance
-        term = -self.weight * min(max(excess, 0.0), 1.0) if math.isfinite(excess) else -self.weight
-        info["reward_terms"] = {**info.get("reward_terms", {}), "overspeed": term}
-        return obs, float(reward) + term, terminated, truncated, info
+    def term(self, info: dict[str, Any]) -> float:
+        """``-weight * clip((v - v_target) / v_target - tolerance, 0, 1)``."""
+        excess = (float(info["speed_ms"]) - self.target_speed_ms) / self.target_speed_ms - self.tolerance
+        return -self.weight * min(max(excess, 0.0), 1.0) if math.isfinite(excess) else -self.weight
 
 
 class ScaleReward(gym.RewardWrapper):
@@ -90,7 +114,7 @@ class ScaleReward(gym.RewardWrapper):
         return self.scale * float(reward)
 
 
-class JerkPenalty(gym.Wrapper):
+class JerkPenalty(_PenaltyTerm):
     """Charge ``weight * min(|jerk| / reference_jerk_ms3, 1)`` per step, jerk measured as the evaluation does.
 
     The longitudinal jerk is the second difference of ``info["speed_ms"]`` over ``info["sim_time_s"]``
@@ -104,13 +128,12 @@ class JerkPenalty(gym.Wrapper):
     :param reference_jerk_ms3: the |jerk| (m/s^3) that costs the full weight (> 0).
     """
 
+    term_name = "jerk"
+
     def __init__(self, env: gym.Env, weight: float = 1.0, reference_jerk_ms3: float = 100.0) -> None:
-        super().__init__(env)
-        if not is_finite_number(weight) or weight < 0:
-            raise ValueError(f"JerkPenalty weight must be a finite number >= 0, got {weight!r}")
+        super().__init__(env, weight)
         if not is_finite_number(reference_jerk_ms3) or not reference_jerk_ms3 > 0:
             raise ValueError(f"JerkPenalty reference_jerk_ms3 must be a finite number > 0, got {reference_jerk_ms3!r}")
-        self.weight = float(weight)
         self.reference_jerk_ms3 = float(reference_jerk_ms3)
         self._last: tuple[float, float] | None = None  # (time, speed) of the previous step
         self._accel: float | None = None  # acceleration over the previous step
@@ -122,9 +145,8 @@ class JerkPenalty(gym.Wrapper):
         self._accel = None
         return obs, info
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the env and add the weighted ``jerk`` term to the reward and the reward terms."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
+    def term(self, info: dict[str, Any]) -> float:
+        """``-weight * min(|jerk| / reference, 1)`` from this step's and the two previous speeds (0 until then)."""
         now, speed = float(info["sim_time_s"]), float(info["speed_ms"])
         term = 0.0
         if self._last is not None and now > self._last[0]:
@@ -135,11 +157,10 @@ class JerkPenalty(gym.Wrapper):
                 term = -self.weight * min(jerk / self.reference_jerk_ms3, 1.0) if math.isfinite(jerk) else -self.weight
             self._accel = accel
         self._last = (now, speed)
-        info["reward_terms"] = {**info.get("reward_terms", {}), "jerk": term}
-        return obs, float(reward) + term, terminated, truncated, info
+        return term
 
 
-class HeadwayPenalty(gym.Wrapper):
+class HeadwayPenalty(_PenaltyTerm):
     """Charge ``weight * (1 - headway / min_headway_s)`` per step while the time headway is below ``min_headway_s``.
 
     The time headway is the bumper-to-bumper gap to the vehicle ahead on the route lane over the ego's speed
@@ -154,18 +175,16 @@ class HeadwayPenalty(gym.Wrapper):
     :raises ValueError: at the first step, when the backend does not report ``lead_distance_m``.
     """
 
+    term_name = "headway"
+
     def __init__(self, env: gym.Env, weight: float = 0.5, min_headway_s: float = 1.5) -> None:
-        super().__init__(env)
-        if not is_finite_number(weight) or weight < 0:
-            raise ValueError(f"HeadwayPenalty weight must be a finite number >= 0, got {weight!r}")
+        super().__init__(env, weight)
         if not is_finite_number(min_headway_s) or not min_headway_s > 0:
             raise ValueError(f"HeadwayPenalty min_headway_s must be a finite number > 0, got {min_headway_s!r}")
-        self.weight = float(weight)
         self.min_headway_s = float(min_headway_s)
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the env and add the weighted ``headway`` term to the reward and the reward terms."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
+    def term(self, info: dict[str, Any]) -> float:
+        """``-weight * clip(1 - headway / min_headway_s, 0, 1)`` behind a leader, else 0."""
         backend = info.get("backend", {})
         if "lead_distance_m" not in backend:
             raise ValueError(
@@ -177,8 +196,7 @@ class HeadwayPenalty(gym.Wrapper):
         if gap is not None and speed >= _HEADWAY_MIN_SPEED_MS:
             headway_s = float(gap) / speed
             term = -self.weight * min(max(1.0 - headway_s / self.min_headway_s, 0.0), 1.0)
-        info["reward_terms"] = {**info.get("reward_terms", {}), "headway": term}
-        return obs, float(reward) + term, terminated, truncated, info
+        return term
 
 
 _HEADWAY_MIN_SPEED_MS = 0.5  # HeadwayPenalty: below this speed the headway is not charged
