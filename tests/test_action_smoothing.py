@@ -45,31 +45,24 @@ def _head_output(model: ClippedTD3, obs: dict[str, np.ndarray]) -> np.ndarray:
         return actor.mu(actor.extract_features(tensor_obs, actor.features_extractor)).numpy()[0]
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_action_is_the_blend_of_the_actor_output_and_the_previous_action(shared: bool, tmp_path: Path) -> None:
-    beta, previous = 0.6, np.array([0.5, -0.8])
+@pytest.mark.parametrize(
+    "beta, shared",
+    [(0.6, True), (0.6, False), ([0.3, 0.9], True)],  # a list: one beta per control, here the throttle harder
+)
+def test_action_is_the_blend_of_the_actor_output_and_the_previous_action(
+    beta: float | list[float], shared: bool, tmp_path: Path
+) -> None:
+    previous = np.array([0.5, -0.8])
     model = _model(beta, shared)
     obs = _obs_with_previous_action(model, previous.tolist())
-    expected = (1 - beta) * _head_output(model, obs) + beta * previous
-    action, _ = model.predict(obs, deterministic=True)
-    assert action == pytest.approx(expected, abs=1e-6)
-    model.save(tmp_path / "model.zip")
-    loaded = ClippedTD3.load(tmp_path / "model.zip")
-    assert loaded.policy.actor.action_smoothing == beta and loaded.policy.actor_target.action_smoothing == beta
-    assert loaded.predict(obs, deterministic=True)[0] == pytest.approx(action, abs=1e-6)
-
-
-def test_one_beta_per_action_dimension(tmp_path: Path) -> None:
-    """A list smooths each control with its own beta (here the throttle harder than the steering)."""
-    betas, previous = np.array([0.3, 0.9]), np.array([-0.4, 0.7])
-    model = _model([0.3, 0.9])
-    obs = _obs_with_previous_action(model, previous.tolist())
+    betas = np.asarray(beta)
     expected = (1 - betas) * _head_output(model, obs) + betas * previous
     action, _ = model.predict(obs, deterministic=True)
     assert action == pytest.approx(expected, abs=1e-6)
     model.save(tmp_path / "model.zip")
     loaded = ClippedTD3.load(tmp_path / "model.zip")
-    assert loaded.policy.actor.action_smoothing == (0.3, 0.9)
+    saved = tuple(beta) if isinstance(beta, list) else beta
+    assert loaded.policy.actor.action_smoothing == saved and loaded.policy.actor_target.action_smoothing == saved
     assert loaded.predict(obs, deterministic=True)[0] == pytest.approx(action, abs=1e-6)
 
 
