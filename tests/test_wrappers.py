@@ -95,18 +95,27 @@ def test_jerk_term_charges_what_the_evaluation_reports() -> None:
     assert -sum(terms) * reference / weight == pytest.approx(result["sum_abs_jerk"], rel=1e-9)
 
 
-def test_jerk_term_is_capped_and_bad_settings_are_clear_errors() -> None:
+def test_jerk_term_is_capped() -> None:
     env = JerkPenalty(_lite(), weight=1.5, reference_jerk_ms3=1.0)
     env.reset(seed=0)
     terms = [env.step(np.array([0.0, 1.0 if t % 2 else -1.0], dtype=np.float32))[4]["reward_terms"]["jerk"] for t in range(40)]
     assert min(terms) == -1.5 and all(-1.5 <= term <= 0.0 for term in terms)
-    for kwargs, message in (
-        ({"weight": -1.0}, "JerkPenalty weight must be a finite number >= 0"),
-        ({"reference_jerk_ms3": 0.0}, "JerkPenalty reference_jerk_ms3 must be a finite number > 0"),
-        ({"weight": math.nan}, "JerkPenalty weight"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            JerkPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "wrapper, kwargs, message",
+    [
+        (JerkPenalty, {"weight": -1.0}, "JerkPenalty weight must be a finite number >= 0"),
+        (JerkPenalty, {"weight": math.nan}, "JerkPenalty weight"),
+        (JerkPenalty, {"reference_jerk_ms3": 0.0}, "JerkPenalty reference_jerk_ms3 must be a finite number > 0"),
+        (HeadwayPenalty, {"weight": -1.0}, "HeadwayPenalty weight must be a finite number >= 0"),
+        (HeadwayPenalty, {"min_headway_s": 0.0}, "HeadwayPenalty min_headway_s must be a finite number > 0"),
+        (HeadwayPenalty, {"min_headway_s": math.inf}, "HeadwayPenalty min_headway_s"),
+    ],
+)
+def test_bad_penalty_settings_are_clear_errors(wrapper: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        wrapper(_lite(), **kwargs)
 
 
 def test_headway_term_charges_following_closer_than_the_minimum_headway() -> None:
@@ -141,14 +150,7 @@ class _NoLeaderInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def test_headway_term_bad_settings_and_a_backend_without_the_gap_are_clear_errors() -> None:
-    for kwargs, message in (
-        ({"weight": -1.0}, "HeadwayPenalty weight must be a finite number >= 0"),
-        ({"min_headway_s": 0.0}, "HeadwayPenalty min_headway_s must be a finite number > 0"),
-        ({"min_headway_s": math.inf}, "HeadwayPenalty min_headway_s"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            HeadwayPenalty(_lite(), **kwargs)  # type: ignore[arg-type]
+def test_headway_term_on_a_backend_without_the_gap_is_a_clear_error() -> None:
     env = HeadwayPenalty(_NoLeaderInfo(_lite()))
     env.reset(seed=0)
     with pytest.raises(ValueError, match="needs the gap to the vehicle ahead"):
