@@ -29,6 +29,13 @@ from sb3_av._checks import is_finite_number
 __all__ = ["HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
 
 
+def _positive(wrapper: str, name: str, value: Any) -> float:
+    """``value`` as a float; a clear error unless it is a finite number > 0."""
+    if not is_finite_number(value) or not value > 0:
+        raise ValueError(f"{wrapper} {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def _target_speed_ms(env: gym.Env) -> float:
     config = getattr(env.unwrapped, "config", None)
     target = getattr(config, "target_speed_ms", None)
@@ -105,9 +112,7 @@ class ScaleReward(gym.RewardWrapper):
 
     def __init__(self, env: gym.Env, scale: float = 0.1) -> None:
         super().__init__(env)
-        if not is_finite_number(scale) or not scale > 0:
-            raise ValueError(f"ScaleReward scale must be a finite number > 0, got {scale!r}")
-        self.scale = float(scale)
+        self.scale = _positive("ScaleReward", "scale", scale)
 
     def reward(self, reward: SupportsFloat) -> float:
         """The scaled reward."""
@@ -132,9 +137,7 @@ class JerkPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 1.0, reference_jerk_ms3: float = 100.0) -> None:
         super().__init__(env, weight)
-        if not is_finite_number(reference_jerk_ms3) or not reference_jerk_ms3 > 0:
-            raise ValueError(f"JerkPenalty reference_jerk_ms3 must be a finite number > 0, got {reference_jerk_ms3!r}")
-        self.reference_jerk_ms3 = float(reference_jerk_ms3)
+        self.reference_jerk_ms3 = _positive("JerkPenalty", "reference_jerk_ms3", reference_jerk_ms3)
         self._last: tuple[float, float] | None = None  # (time, speed) of the previous step
         self._accel: float | None = None  # acceleration over the previous step
 
@@ -179,9 +182,7 @@ class HeadwayPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 0.5, min_headway_s: float = 1.5) -> None:
         super().__init__(env, weight)
-        if not is_finite_number(min_headway_s) or not min_headway_s > 0:
-            raise ValueError(f"HeadwayPenalty min_headway_s must be a finite number > 0, got {min_headway_s!r}")
-        self.min_headway_s = float(min_headway_s)
+        self.min_headway_s = _positive("HeadwayPenalty", "min_headway_s", min_headway_s)
 
     def term(self, info: dict[str, Any]) -> float:
         """``-weight * clip(1 - headway / min_headway_s, 0, 1)`` behind a leader, else 0."""
