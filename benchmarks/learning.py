@@ -301,7 +301,7 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
     if settings is not None and settings["jerk_penalty"] > 0:
         train_env = JerkPenalty(train_env, settings["jerk_penalty"])
-    if settings is not None and settings.get("headway_penalty", 0.0) > 0:
+    if settings is not None and settings["headway_penalty"] > 0:
         train_env = HeadwayPenalty(train_env, settings["headway_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
@@ -446,6 +446,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "recommended": RECOMMENDED,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": th.__version__},
         "rows": [],
+        **({"note": args.note} if args.note else {}),
     }
     total_start = time.perf_counter()
     tasks = [(name, seed) for name in args.configs for seed in (args.seeds if CONFIGS[name][1] is not None else [0])]
@@ -518,11 +519,11 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
                 if name == "sb3av":
                     diff += [k for k in own["sb3av"] if own["sb3av"][k] != seen[1]["sb3av"].get(k)]
                 raise ValueError(f"{name} runs differ between {seen[0]} and {path} in {sorted(diff)}")
+            if name == "pid" and name in runs:
+                continue  # deterministic: the same episodes give the same numbers; keep the first
             for run in row["runs"]:
-                if any(r["seed"] == run["seed"] for r in runs.get(name, [])) and name != "pid":
+                if any(r["seed"] == run["seed"] for r in runs.get(name, [])):
                     raise ValueError(f"{name} seed {run['seed']} is in more than one file (second: {path})")
-                if name == "pid" and name in runs:
-                    continue  # deterministic: the same episodes give the same numbers; keep the first
                 runs.setdefault(name, []).append(run)
     order = [name for name in CONFIGS if name in runs]
     for name in order:
@@ -617,9 +618,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\nmerged {len(args.merge)} files -> {args.out}; curves: {Path(args.out).with_suffix('.png')}")
         return result
     result = run_benchmark(args)
-    if args.note:
-        result["note"] = args.note
-        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     print(format_table(result["rows"], args.eval_episodes))
     print(f"\nwall time {result['wall_time_s'] / 60:.1f} min; curves: {Path(args.out).with_suffix('.png')}")
     return result

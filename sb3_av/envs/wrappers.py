@@ -36,6 +36,13 @@ def _positive(wrapper: str, name: str, value: Any) -> float:
     return float(value)
 
 
+def _non_negative(wrapper: str, name: str, value: Any) -> float:
+    """``value`` as a float; a clear error unless it is a finite number >= 0."""
+    if not is_finite_number(value) or value < 0:
+        raise ValueError(f"{wrapper} {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _target_speed_ms(env: gym.Env) -> float:
     config = getattr(env.unwrapped, "config", None)
     target = getattr(config, "target_speed_ms", None)
@@ -58,9 +65,7 @@ class _PenaltyTerm(gym.Wrapper):
 
     def __init__(self, env: gym.Env, weight: float) -> None:
         super().__init__(env)
-        if not is_finite_number(weight) or weight < 0:
-            raise ValueError(f"{type(self).__name__} weight must be a finite number >= 0, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = _non_negative(type(self).__name__, "weight", weight)
 
     def term(self, info: dict[str, Any]) -> float:
         """The weighted term (<= 0) of the step that returned ``info``."""
@@ -92,9 +97,7 @@ class OverspeedPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 1.0, tolerance: float = 0.1) -> None:
         super().__init__(env, weight)
-        if not is_finite_number(tolerance) or tolerance < 0:
-            raise ValueError(f"OverspeedPenalty tolerance must be a finite number >= 0, got {tolerance!r}")
-        self.tolerance = float(tolerance)
+        self.tolerance = _non_negative("OverspeedPenalty", "tolerance", tolerance)
         self.target_speed_ms = _target_speed_ms(env)
 
     def term(self, info: dict[str, Any]) -> float:

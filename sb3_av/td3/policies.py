@@ -231,6 +231,7 @@ class EncoderActor(Actor):
         super().__init__(*args, **kwargs)
         self.detach_features = detach_features
         self.action_smoothing = action_smoothing
+        self._betas = smoothing_betas(action_smoothing)  # read on every forward: converted once
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -240,9 +241,9 @@ class EncoderActor(Actor):
 
     def smooth(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """``actions`` (the head's output) blended with the observation's previous action (see ``action_smoothing``)."""
-        if not any(smoothing_betas(self.action_smoothing)):
+        if not any(self._betas):
             return actions
-        beta = th.as_tensor(smoothing_betas(self.action_smoothing), dtype=actions.dtype, device=actions.device)
+        beta = th.as_tensor(self._betas, dtype=actions.dtype, device=actions.device)
         return (1.0 - beta) * actions + beta * previous_action(obs).to(actions.dtype)
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
