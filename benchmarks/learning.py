@@ -51,6 +51,7 @@ import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
+from rl_zoo3.utils import linear_schedule
 from stable_baselines3.common.noise import NormalActionNoise
 
 import sb3_av  # noqa: F401  (registers the env ids)
@@ -106,6 +107,23 @@ def _recommended_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {**RECOMMENDED, **args.overrides}
 
 
+def _learning_rate(value: float | str) -> float | Callable[[float], float]:
+    """A number, or rl-zoo's ``"lin_<initial>"``: linear decay from the initial value to 0 over the run."""
+    if isinstance(value, str):
+        return linear_schedule(float(value.removeprefix("lin_")))
+    return float(value)
+
+
+def _valid_learning_rate(value: Any) -> bool:
+    """Whether ``value`` is a number > 0 or ``"lin_<number > 0>"`` (what :func:`_learning_rate` takes)."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        try:
+            value = float(value[4:])
+        except ValueError:
+            return False
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD3:
     r = _recommended_settings(args)
     policy_kwargs = json.loads(json.dumps(r["policy_kwargs"]))
@@ -122,7 +140,7 @@ def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD
     return ClippedTD3(
         "MultiInputPolicy",
         env,
-        learning_rate=r["learning_rate"],
+        learning_rate=_learning_rate(r["learning_rate"]),
         buffer_size=agent_steps,
         learning_starts=min(r["learning_starts"], agent_steps // 3),
         batch_size=batch_size,
@@ -590,6 +608,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
     if "action_repeat" in args.overrides.get("env_kwargs", {}):
         parser.error("--set: give action_repeat as its own key (it applies to the evaluation env too), not in env_kwargs")
+    if "learning_rate" in args.overrides and not _valid_learning_rate(args.overrides["learning_rate"]):
+        lr = args.overrides["learning_rate"]
+        parser.error(f"--set: learning_rate must be a number > 0 or 'lin_<number > 0>', got {lr!r}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

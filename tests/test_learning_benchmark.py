@@ -112,6 +112,8 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
         (["--budget", "0"], "--budget must be >= 1"),
         (["--configs", "ppo"], "invalid choice"),
         (["--set", '{"env_kwargs": {"action_repeat": 2}}'], "its own key"),
+        (["--set", '{"learning_rate": "lin_fast"}'], "learning_rate must be a number > 0 or 'lin_<number > 0>'"),
+        (["--set", '{"learning_rate": -0.001}'], "learning_rate must be"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
@@ -119,6 +121,15 @@ def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
         learning.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate, at_half", [(3e-4, 3e-4), ("lin_3e-4", 1.5e-4)])
+def test_learning_rate_is_a_constant_or_rl_zoos_linear_schedule(learning, rate, at_half):
+    args = learning._parse(["--tiny", "--set", json.dumps({"learning_rate": rate})])
+    model = learning._recommended(learning._make_env(args, "LiteScenario0-v0"), 0, args)
+    assert model.lr_schedule(1.0) == pytest.approx(3e-4)  # progress remaining: 1 at the start, 0 at the end
+    assert model.lr_schedule(0.5) == pytest.approx(at_half)
+    model.env.close()
 
 
 def _part(tmp_path: Path, name: str, seeds: list[int], success: list[float], **settings) -> Path:
