@@ -57,6 +57,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
+from sb3_av.compute import native_bfloat16
 from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
@@ -462,7 +463,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "settings": settings,
         "recommended": RECOMMENDED,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": th.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": th.__version__,
+            "capability": th.backends.cpu.get_cpu_capability(),  # AVX512 / AVX2 (ATEN_CPU_CAPABILITY lowers it)
+            "native_bfloat16": native_bfloat16("cpu"),
+        },
         "rows": [],
         **({"note": args.note} if args.note else {}),
     }

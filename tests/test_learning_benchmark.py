@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch as th
 
 from tests.benchmark_scripts import load_benchmark
 
@@ -28,6 +29,8 @@ def test_tiny_run_writes_three_rows_curves_and_png(learning, tmp_path, capsys):
     rows = {row["config"]: row for row in result["rows"]}
     assert list(rows) == ["sb3av", "sb3_default", "pid"]
     assert result["settings"]["budget"] == 300
+    assert result["machine"]["capability"] == th.backends.cpu.get_cpu_capability()  # which CPU kernels ran
+    assert isinstance(result["machine"]["native_bfloat16"], bool)
     for name, row in rows.items():
         assert 0.0 <= row["success_rate_mean"] <= 1.0
         assert 0.0 <= row["route_completion_mean"] <= 1.0
