@@ -48,10 +48,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from rl_zoo3.utils import linear_schedule
 from stable_baselines3 import TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
-from rl_zoo3.utils import linear_schedule
 from stable_baselines3.common.noise import NormalActionNoise
 
 import sb3_av  # noqa: F401  (registers the env ids)
@@ -61,6 +61,7 @@ from sb3_av.compute import native_bfloat16
 from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
+from sb3_av.zoo.config import checked_learning_rate
 
 __all__ = ["CONFIGS", "RECOMMENDED", "main", "run_benchmark"]
 
@@ -113,16 +114,6 @@ def _learning_rate(value: float | str) -> float | Callable[[float], float]:
     if isinstance(value, str):
         return linear_schedule(float(value.removeprefix("lin_")))
     return float(value)
-
-
-def _valid_learning_rate(value: Any) -> bool:
-    """Whether ``value`` is a number > 0 or ``"lin_<number > 0>"`` (what :func:`_learning_rate` takes)."""
-    if isinstance(value, str) and value.startswith("lin_"):
-        try:
-            value = float(value[4:])
-        except ValueError:
-            return False
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD3:
@@ -615,9 +606,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
     if "action_repeat" in args.overrides.get("env_kwargs", {}):
         parser.error("--set: give action_repeat as its own key (it applies to the evaluation env too), not in env_kwargs")
-    if "learning_rate" in args.overrides and not _valid_learning_rate(args.overrides["learning_rate"]):
-        lr = args.overrides["learning_rate"]
-        parser.error(f"--set: learning_rate must be a number > 0 or 'lin_<number > 0>', got {lr!r}")
+    if "learning_rate" in args.overrides:
+        try:
+            checked_learning_rate(args.overrides["learning_rate"])
+        except ValueError as error:
+            parser.error(f"--set: learning_rate: {error}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

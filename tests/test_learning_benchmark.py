@@ -115,8 +115,8 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
         (["--budget", "0"], "--budget must be >= 1"),
         (["--configs", "ppo"], "invalid choice"),
         (["--set", '{"env_kwargs": {"action_repeat": 2}}'], "its own key"),
-        (["--set", '{"learning_rate": "lin_fast"}'], "learning_rate must be a number > 0 or 'lin_<number > 0>'"),
-        (["--set", '{"learning_rate": -0.001}'], "learning_rate must be"),
+        (["--set", '{"learning_rate": "lin_fast"}'], "learning_rate: expected a number > 0 or 'lin_<initial value>'"),
+        (["--set", '{"learning_rate": -0.001}'], "learning_rate: expected a number > 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):

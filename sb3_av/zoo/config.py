@@ -275,7 +275,11 @@ def _non_negative(value: Any) -> float:
     raise ValueError(f"expected a number >= 0, got {value!r}")
 
 
-def _learning_rate(value: Any) -> float | str:
+def checked_learning_rate(value: Any) -> float | str:
+    """A learning rate setting as rl-zoo takes it: a number > 0 or ``"lin_<initial value > 0>"``.
+
+    :raises ValueError: anything else.
+    """
     if is_finite_number(value) and value > 0:
         return float(value)
     if isinstance(value, str) and value.startswith("lin_"):
@@ -375,7 +379,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "env_kwargs": _mapping,
     "noise_type": _noise_type,
     "noise_std": _non_negative,
-    "learning_rate": _learning_rate,
+    "learning_rate": checked_learning_rate,
     "buffer_size": _positive_int,
     "batch_size": _positive_int,
     "learning_starts": lambda v: _positive_int(v, minimum=0),
