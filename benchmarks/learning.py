@@ -58,7 +58,7 @@ import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.compute import native_bfloat16
-from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import ClearancePenalty, HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 from sb3_av.zoo.config import checked_learning_rate
@@ -84,6 +84,7 @@ RECOMMENDED: dict[str, Any] = {
     "overspeed_penalty": 1.0,
     "jerk_penalty": 2.0,
     "headway_penalty": 0.0,  # HeadwayPenalty weight (time headway below 1.5 s); 0 = off
+    "clearance_penalty": 0.0,  # ClearancePenalty weight (an NPC's box within 1 m of the ego's); 0 = off
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
     "image_augmentation": None,
     "augmentation_pad": 4,
@@ -313,6 +314,8 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         train_env = JerkPenalty(train_env, settings["jerk_penalty"])
     if settings is not None and settings["headway_penalty"] > 0:
         train_env = HeadwayPenalty(train_env, settings["headway_penalty"])
+    if settings is not None and settings["clearance_penalty"] > 0:
+        train_env = ClearancePenalty(train_env, settings["clearance_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best)

@@ -317,3 +317,61 @@ def test_bicycle_step_matches_highway_env(steering: float, acceleration: float) 
         Vehicle.step(upstream, 0.05)
     assert ours.position == pytest.approx(upstream.position, rel=1e-12)
     assert (ours.heading, ours.speed) == pytest.approx((upstream.heading, upstream.speed), rel=1e-12)
+
+
+def _polygon_distance(first: np.ndarray, second: np.ndarray) -> float:
+    """Distance between two convex polygons (vertices ``(K, 2)``): 0 if highway-env finds them intersecting, else the
+    smallest vertex-to-edge distance, by brute force (an independent computation of ``clearance_m``)."""
+    from highway_env import utils as hw_utils
+
+    closed = [np.vstack([p, p[:1]]) for p in (first, second)]
+    if hw_utils.are_polygons_intersecting(closed[0], closed[1], np.zeros(2), np.zeros(2))[0]:
+        return 0.0
+    best = math.inf
+    for points, polygon in ((first, second), (second, first)):
+        for point in points:
+            for start, end in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+                t = np.clip(np.dot(point - start, end - start) / np.dot(end - start, end - start), 0.0, 1.0)
+                best = min(best, float(np.linalg.norm(point - (start + t * (end - start)))))
+    return best
+
+
+def test_clearance_is_the_distance_between_the_boxes_of_the_ego_and_the_nearest_npc() -> None:
+    """``info["backend"]["clearance_m"]`` against highway-env's own vehicle polygons, through lane changes (NPCs at
+    up to ~30 degrees to the ego) and down to the collision (0)."""
+    checked = contacts = 0
+    for seed in (1, 5):
+        env = _make("LiteScenario2-v0")
+        env.reset(seed=seed)
+        ego = env.backend.ego
+        for t in range(600):
+            _, _, terminated, truncated, info = env.step(np.array([0.05 * math.sin(t / 20), 0.4]))
+            near = [n for n in env.backend.npcs if np.hypot(*(n.position - ego.position)) < 20.0]
+            clearance = info["backend"]["clearance_m"]
+            if not near:
+                assert clearance is None
+                continue
+            expected = min(_polygon_distance(ego.polygon()[:4], n.polygon()[:4]) for n in near)
+            assert clearance == pytest.approx(expected, abs=1e-9)
+            checked += 1
+            if terminated or truncated:
+                break
+        assert info["termination"] == "collision" and clearance == 0.0
+        contacts += 1
+    assert checked > 500 and contacts == 2
+
+
+def test_box_distances_on_boxes_measured_by_hand() -> None:
+    from sb3_av.envs.lite.backend import box_distances
+
+    ego = np.array([0.0, 0.0, 0.0, 5.0, 2.0])  # 5 m x 2 m at the origin, heading +x
+    boxes = np.array(
+        [
+            [0.0, 4.0, 0.0, 5.0, 2.0],  # alongside, centred in the next lane: 4 - 2 = 2 m
+            [10.0, 0.0, 0.0, 5.0, 2.0],  # ahead: 10 - 5 = 5 m
+            [10.0, 5.0, 0.0, 5.0, 2.0],  # diagonal: corner (2.5, 1) to corner (7.5, 4): hypot(5, 3)
+            [3.0, 0.5, 0.3, 5.0, 2.0],  # overlapping: 0
+            [0.0, 4.0, math.pi / 2, 5.0, 2.0],  # across: its near end at y = 1.5, 0.5 m from the ego's side (y = 1)
+        ]
+    )
+    assert box_distances(ego, boxes) == pytest.approx([2.0, 5.0, math.hypot(5.0, 3.0), 0.0, 0.5], abs=1e-12)

@@ -163,7 +163,10 @@ def test_env_wrappers_that_break_the_driving_envs_are_rejected() -> None:
         with pytest.raises(ConfigError) as info:
             validate_hyperparams({**base, "env_wrapper": [{name: {"max_steps": 5}}]}, algo, "cfg [env]")
         assert f"key 'env_wrapper': env wrapper {name!r} is not supported" in str(info.value) and reason in str(info.value)
-    known = r"\['ClipAction', 'HeadwayPenalty', 'JerkPenalty', 'OverspeedPenalty', 'ScaleReward', 'ScenarioCycle'\]"
+    known = (
+        r"\['ClearancePenalty', 'ClipAction', 'HeadwayPenalty', 'JerkPenalty', 'OverspeedPenalty', 'ScaleReward', "
+        r"'ScenarioCycle'\]"
+    )
     with pytest.raises(ConfigError, match=rf"unknown env wrapper 'Nope'; known: {known}"):
         validate_hyperparams({**base, "env_wrapper": "Nope"}, algo, "cfg")
     with pytest.raises(ConfigError, match=r"env wrapper ScaleReward: got an unexpected keyword argument 'factor'"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sb3_av  # noqa: F401  (registers the env ids)
-from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import ClearancePenalty, HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import EpisodeMetrics
 
 FULL_THROTTLE = np.array([0.0, 1.0], dtype=np.float32)
@@ -111,6 +111,8 @@ def test_jerk_term_is_capped() -> None:
         (HeadwayPenalty, {"weight": -1.0}, "HeadwayPenalty weight must be a finite number >= 0"),
         (HeadwayPenalty, {"min_headway_s": 0.0}, "HeadwayPenalty min_headway_s must be a finite number > 0"),
         (HeadwayPenalty, {"min_headway_s": math.inf}, "HeadwayPenalty min_headway_s"),
+        (ClearancePenalty, {"weight": math.inf}, "ClearancePenalty weight must be a finite number >= 0"),
+        (ClearancePenalty, {"min_clearance_m": -1.0}, "ClearancePenalty min_clearance_m must be a finite number > 0"),
     ],
 )
 def test_bad_penalty_settings_are_clear_errors(wrapper: type, kwargs: dict, message: str) -> None:
@@ -154,6 +156,46 @@ def test_headway_term_on_a_backend_without_the_gap_is_a_clear_error() -> None:
     env = HeadwayPenalty(_NoLeaderInfo(_lite()))
     env.reset(seed=0)
     with pytest.raises(ValueError, match="needs the gap to the vehicle ahead"):
+        env.step(FULL_THROTTLE)
+
+
+def test_clearance_term_charges_near_misses_and_contact() -> None:
+    """A weaving drive through LiteScenario2's traffic: the term is -weight * (1 - clearance / min_clearance) below
+    the minimum clearance (the backend's ``clearance_m``, from the plain env on the same episode), 0 beyond it or with
+    no NPC near, and -weight at the collision."""
+    weight, min_clearance = 0.6, 1.0
+    make = lambda: gym.make("LiteScenario2-v0", max_steps=600)  # noqa: E731
+    env, plain = ClearancePenalty(make(), weight=weight, min_clearance_m=min_clearance), make()
+    env.reset(seed=1)
+    plain.reset(seed=1)
+    charged = free = 0
+    for t in range(600):
+        action = np.array([0.05 * math.sin(t / 20), 0.4], dtype=np.float32)
+        _, reward, terminated, truncated, info = env.step(action)
+        _, plain_reward, *_, plain_info = plain.step(action)
+        clearance = plain_info["backend"]["clearance_m"]
+        expected = 0.0 if clearance is None else -weight * min(max(1 - clearance / min_clearance, 0.0), 1.0)
+        assert info["reward_terms"]["clearance"] == pytest.approx(expected, abs=1e-12)
+        assert reward == pytest.approx(plain_reward + expected, abs=1e-9)
+        assert sum(info["reward_terms"].values()) == pytest.approx(reward, abs=1e-9)
+        charged += -weight < expected < 0
+        free += expected == 0
+        if terminated or truncated:
+            break
+    assert info["termination"] == "collision" and info["reward_terms"]["clearance"] == -weight
+    assert charged >= 2 and free > 100
+
+
+def test_clearance_term_on_a_backend_without_the_clearance_is_a_clear_error() -> None:
+    class _NoClearance(gym.Wrapper):
+        def step(self, action: np.ndarray) -> tuple:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            info["backend"] = {k: v for k, v in info["backend"].items() if k != "clearance_m"}
+            return obs, reward, terminated, truncated, info
+
+    env = ClearancePenalty(_NoClearance(_lite()))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="needs the distance to the nearest NPC"):
         env.step(FULL_THROTTLE)
 
 

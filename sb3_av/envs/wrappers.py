@@ -11,6 +11,8 @@ flipping between throttle and brake (|jerk| of 60-70 m/s^3 against a comfort bou
 :class:`HeadwayPenalty` charges following closer than a time headway (the 1.5 s that the NPCs' IDM and the PID
 baseline keep): an agent that tailgates leaves no room when a neighbour cuts in, and a smoothed (slow) brake needs
 that room.
+:class:`ClearancePenalty` charges near misses (an NPC's box within a metre of the ego's): the steps before a
+side contact, which the single terminal collision penalty teaches only rarely.
 :class:`ScenarioCycle` trains one agent on several scenarios, one episode each in turn.
 :class:`ScaleReward` multiplies the reward (TD3's critic learns faster on rewards of order 0.1 per step).
 
@@ -26,7 +28,7 @@ import gymnasium as gym
 
 from sb3_av._checks import is_finite_number
 
-__all__ = ["HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
+__all__ = ["ClearancePenalty", "HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
 
 
 def _positive(wrapper: str, name: str, value: Any) -> float:
@@ -204,6 +206,42 @@ class HeadwayPenalty(_PenaltyTerm):
 
 
 _HEADWAY_MIN_SPEED_MS = 0.5  # HeadwayPenalty: below this speed the headway is not charged
+
+
+class ClearancePenalty(_PenaltyTerm):
+    """Charge near misses: ``weight * (1 - clearance / min_clearance_m)`` per step while the nearest NPC's box is
+    closer than ``min_clearance_m`` to the ego's box.
+
+    The clearance is ``info["backend"]["clearance_m"]`` (the Lite backend reports the box-to-box distance to the
+    nearest NPC, 0 at contact; None when no NPC is near). A collision is a single terminal event that the critic
+    meets rarely; the steps before it, when an NPC passes within a metre of the ego's side or its bumper, are
+    frequent, and this term charges them. An NPC centred in the next lane with the ego centred in its own is 2 m
+    away on 4 m lanes, and the PID baseline's following gap is 5 m or more, so ordinary driving costs nothing.
+
+    :param env: a driving env whose backend reports ``clearance_m``.
+    :param weight: weight of the term (>= 0): the charge at contact.
+    :param min_clearance_m: the clearance (m) below which the term charges (> 0).
+    :raises ValueError: at the first step, when the backend does not report ``clearance_m``.
+    """
+
+    term_name = "clearance"
+
+    def __init__(self, env: gym.Env, weight: float = 1.0, min_clearance_m: float = 1.0) -> None:
+        super().__init__(env, weight)
+        self.min_clearance_m = _positive("ClearancePenalty", "min_clearance_m", min_clearance_m)
+
+    def term(self, info: dict[str, Any]) -> float:
+        """``-weight * clip(1 - clearance / min_clearance_m, 0, 1)`` with an NPC near, else 0."""
+        backend = info.get("backend", {})
+        if "clearance_m" not in backend:
+            raise ValueError(
+                "ClearancePenalty needs the distance to the nearest NPC in info['backend']['clearance_m'], which this "
+                f"backend does not report (the Lite backend does); backend info keys: {sorted(backend)}"
+            )
+        clearance = backend["clearance_m"]
+        if clearance is None:
+            return 0.0
+        return -self.weight * min(max(1.0 - float(clearance) / self.min_clearance_m, 0.0), 1.0)
 
 
 class ScenarioCycle(gym.Wrapper):

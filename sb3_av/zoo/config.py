@@ -22,7 +22,14 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
 
 from sb3_av._checks import is_finite_number
-from sb3_av.envs.wrappers import HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import (
+    ClearancePenalty,
+    HeadwayPenalty,
+    JerkPenalty,
+    OverspeedPenalty,
+    ScaleReward,
+    ScenarioCycle,
+)
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
 
 __all__ = [
@@ -99,6 +106,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 #: Wrapper names usable in a config's ``env_wrapper:`` entry -> class.
 ENV_WRAPPERS: dict[str, type[gym.Wrapper]] = {
+    "ClearancePenalty": ClearancePenalty,
     "ClipAction": gym.wrappers.ClipAction,
     "HeadwayPenalty": HeadwayPenalty,
     "JerkPenalty": JerkPenalty,
