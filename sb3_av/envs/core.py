@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_av._checks import is_finite_number, is_int
+from sb3_av._checks import is_finite_number, is_int, non_negative_number, positive_number
 from sb3_av.envs.backend import DrivingBackend, Frame
 from sb3_av.envs.route import Projection, Route, wrap_angle
 from sb3_av.envs.scenarios import RewardWeights, Scenario, get_scenario
@@ -119,13 +119,9 @@ class EnvConfig:
         if self.camera_size < 16:
             raise ValueError(f"Env kwarg camera_size must be >= 16 pixels, got {self.camera_size}")
         for name in self._POSITIVE_FLOAT:
-            value = getattr(self, name)
-            if not is_finite_number(value) or not value > 0:
-                raise ValueError(f"Env kwarg {name} must be a finite number > 0, got {value!r}")
+            positive_number(f"Env kwarg {name}", getattr(self, name))
         for name in ("idle_grace_s", "off_road_margin_m", *(f"reward_{t}" for t in RewardWeights.names())):
-            value = getattr(self, name)
-            if not is_finite_number(value) or value < 0:
-                raise ValueError(f"Env kwarg {name} must be a finite number >= 0, got {value!r}")
+            non_negative_number(f"Env kwarg {name}", getattr(self, name))
         if not is_int(self.npc_vehicles) or self.npc_vehicles < 0:
             raise ValueError(f"Env kwarg npc_vehicles must be an integer >= 0, got {self.npc_vehicles!r}")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):

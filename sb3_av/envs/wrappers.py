@@ -26,23 +26,9 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
-from sb3_av._checks import is_finite_number
+from sb3_av._checks import non_negative_number, positive_number
 
 __all__ = ["ClearancePenalty", "HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
-
-
-def _positive(wrapper: str, name: str, value: Any) -> float:
-    """``value`` as a float; a clear error unless it is a finite number > 0."""
-    if not is_finite_number(value) or not value > 0:
-        raise ValueError(f"{wrapper} {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _non_negative(wrapper: str, name: str, value: Any) -> float:
-    """``value`` as a float; a clear error unless it is a finite number >= 0."""
-    if not is_finite_number(value) or value < 0:
-        raise ValueError(f"{wrapper} {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _target_speed_ms(env: gym.Env) -> float:
@@ -67,7 +53,7 @@ class _PenaltyTerm(gym.Wrapper):
 
     def __init__(self, env: gym.Env, weight: float) -> None:
         super().__init__(env)
-        self.weight = _non_negative(type(self).__name__, "weight", weight)
+        self.weight = non_negative_number(f"{type(self).__name__} weight", weight)
 
     def term(self, info: dict[str, Any]) -> float:
         """The weighted term (<= 0) of the step that returned ``info``."""
@@ -99,7 +85,7 @@ class OverspeedPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 1.0, tolerance: float = 0.1) -> None:
         super().__init__(env, weight)
-        self.tolerance = _non_negative("OverspeedPenalty", "tolerance", tolerance)
+        self.tolerance = non_negative_number("OverspeedPenalty tolerance", tolerance)
         self.target_speed_ms = _target_speed_ms(env)
 
     def term(self, info: dict[str, Any]) -> float:
@@ -117,7 +103,7 @@ class ScaleReward(gym.RewardWrapper):
 
     def __init__(self, env: gym.Env, scale: float = 0.1) -> None:
         super().__init__(env)
-        self.scale = _positive("ScaleReward", "scale", scale)
+        self.scale = positive_number("ScaleReward scale", scale)
 
     def reward(self, reward: SupportsFloat) -> float:
         """The scaled reward."""
@@ -142,7 +128,7 @@ class JerkPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 1.0, reference_jerk_ms3: float = 100.0) -> None:
         super().__init__(env, weight)
-        self.reference_jerk_ms3 = _positive("JerkPenalty", "reference_jerk_ms3", reference_jerk_ms3)
+        self.reference_jerk_ms3 = positive_number("JerkPenalty reference_jerk_ms3", reference_jerk_ms3)
         self._last: tuple[float, float] | None = None  # (time, speed) of the previous step
         self._accel: float | None = None  # acceleration over the previous step
 
@@ -187,7 +173,7 @@ class HeadwayPenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 0.5, min_headway_s: float = 1.5) -> None:
         super().__init__(env, weight)
-        self.min_headway_s = _positive("HeadwayPenalty", "min_headway_s", min_headway_s)
+        self.min_headway_s = positive_number("HeadwayPenalty min_headway_s", min_headway_s)
 
     def term(self, info: dict[str, Any]) -> float:
         """``-weight * clip(1 - headway / min_headway_s, 0, 1)`` behind a leader, else 0."""
@@ -228,7 +214,7 @@ class ClearancePenalty(_PenaltyTerm):
 
     def __init__(self, env: gym.Env, weight: float = 1.0, min_clearance_m: float = 1.0) -> None:
         super().__init__(env, weight)
-        self.min_clearance_m = _positive("ClearancePenalty", "min_clearance_m", min_clearance_m)
+        self.min_clearance_m = positive_number("ClearancePenalty min_clearance_m", min_clearance_m)
 
     def term(self, info: dict[str, Any]) -> float:
         """``-weight * clip(1 - clearance / min_clearance_m, 0, 1)`` with an NPC near, else 0."""

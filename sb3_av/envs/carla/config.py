@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sb3_av._checks import is_finite_number, is_int
+from sb3_av._checks import is_finite_number, is_int, non_negative_number, positive_number
 from sb3_av.envs.carla.route import SCENARIO_ROUTES, RouteStart
 
 __all__ = ["TM_PORT_OFFSET", "CarlaConfig", "parse_server", "server_for_rank"]
@@ -235,18 +235,14 @@ def _check_servers(cfg: CarlaConfig) -> None:
 
 def _check_numbers(cfg: CarlaConfig) -> None:
     for name in _POSITIVE:
-        value = getattr(cfg, name)
-        if not is_finite_number(value) or value <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        positive_number(name, getattr(cfg, name))
     for name in ("worker", "share_server"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
     if cfg.worker_timeout_s is not None and (not is_finite_number(cfg.worker_timeout_s) or cfg.worker_timeout_s <= 0):
         raise ValueError(f"worker_timeout_s must be None or a finite number > 0, got {cfg.worker_timeout_s!r}")
     for name in ("reconnect_backoff_s", "npc_min_distance_m", "tm_distance_to_leading_m", "server_wait_s"):
-        value = getattr(cfg, name)
-        if not is_finite_number(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        non_negative_number(name, getattr(cfg, name))
     if cfg.rank is not None and (not is_int(cfg.rank) or cfg.rank < 0):
         raise ValueError(f"rank must be None or an integer >= 0, got {cfg.rank!r}")
     for name in ("max_reconnects", "npc_vehicles"):
