@@ -196,7 +196,7 @@ class _CurveCallback(BaseCallback):
         self.every = every
         self.action_repeat = action_repeat
         self.n_episodes = n_episodes
-        self.eval_points: list[dict[str, float]] = []
+        self.eval_points: list[dict[str, Any]] = []
         self.train_episodes: list[list[float]] = []  # [env step, return, route completion, success]
         self.eval_time_s = 0.0
 
@@ -215,6 +215,7 @@ class _CurveCallback(BaseCallback):
                 "success_rate": m["success_rate"],
                 "route_completion": m["route_completion"],
                 "return": m["mean_return"],
+                "terminations": m["terminations"],
             }
         )
         score = (m["success_rate"], m["mean_return"])
@@ -225,8 +226,8 @@ class _CurveCallback(BaseCallback):
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
             f"  [{time.strftime('%H:%M:%S')}] step {self.sim_steps}: eval success {m['success_rate']:.2f}, "
-            f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f}; last 10 train episodes success "
-            f"{train_success:.2f} ({len(self.train_episodes)} episodes)",
+            f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f} {m['terminations']}; last 10 train "
+            f"episodes success {train_success:.2f} ({len(self.train_episodes)} episodes)",
             flush=True,
         )
 

@@ -90,6 +90,9 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
         assert run["success_rate"] == run["eval"]["LiteScenario0-v0"]["success_rate"]  # --env's at the top level
     (run,) = rows["sb3av"]["runs"]
     curve = run["curve"]
+    for point in curve:  # how each curve evaluation's episode (--curve-episodes 1) ended
+        assert sum(point["terminations"].values()) == 1
+        assert point["success_rate"] == point["terminations"].get("route_completed", 0)
     best = max(curve, key=lambda p: (p["success_rate"], p["return"]))
     assert run["reported_step"] == best["step"] and run["reported"] == ("final" if best is curve[-1] else "best")
     assert list(run["eval_final"]) == (envs if run["reported"] == "final" else [envs[0]])
