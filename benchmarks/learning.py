@@ -10,7 +10,7 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   ``LiteScenario*`` blocks of ``sb3_av/configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where the
   CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
   frame-stack replay buffer, a training reward with an
-  over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`, weight 1) scaled by 0.1, Gaussian action
+  over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`) and a jerk penalty, scaled by 0.1, Gaussian action
   noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns
   are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
   learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training
@@ -81,8 +81,10 @@ RECOMMENDED: dict[str, Any] = {
     "reward_scale": 0.1,
     "env_kwargs": {},
     "action_repeat": 2,
-    "overspeed_penalty": 1.0,
-    "jerk_penalty": 2.0,
+    # charged per simulation step (2 per agent step at action_repeat 2; the result files before this were run with
+    # 1.0 and 2.0 charged once per agent step: the same reward)
+    "overspeed_penalty": 0.5,
+    "jerk_penalty": 1.0,
     "headway_penalty": 0.0,  # HeadwayPenalty weight (time headway below 1.5 s); 0 = off
     "clearance_penalty": 0.0,  # ClearancePenalty weight (an NPC's box within 1 m of the ego's); 0 = off
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)

@@ -102,6 +102,30 @@ def test_jerk_term_is_capped() -> None:
     assert min(terms) == -1.5 and all(-1.5 <= term <= 0.0 for term in terms)
 
 
+def test_penalties_are_charged_for_each_simulation_step_of_an_action_repeat() -> None:
+    """With ``action_repeat: 2`` the env sums its own terms over the two simulation steps; a penalty is charged twice
+    its per-step value too, so it keeps its weight against ``progress`` at any control rate."""
+    weight, tolerance = 1.0, 0.1
+    env = OverspeedPenalty(_lite(action_repeat=2), weight=weight, tolerance=tolerance)
+    plain = _lite(action_repeat=2)
+    assert env.steps_per_action == 2 and OverspeedPenalty(_lite(), weight=weight).steps_per_action == 1
+    env.reset(seed=5)
+    plain.reset(seed=5)
+    charged = outweighed = 0
+    for _ in range(150):
+        _, reward, terminated, truncated, info = env.step(FULL_THROTTLE)
+        _, plain_reward, *_ = plain.step(FULL_THROTTLE)
+        per_step = -weight * min(max((info["speed_ms"] - 8.0) / 8.0 - tolerance, 0.0), 1.0)
+        assert info["reward_terms"]["overspeed"] == pytest.approx(2 * per_step, abs=1e-12)
+        assert reward == pytest.approx(plain_reward + 2 * per_step, abs=1e-9)
+        charged += per_step < 0
+        # 0.1 s of progress at 16 m/s (1.6 m) no longer outweighs the charge at 16 m/s (2 x 0.9), as it did once
+        outweighed += info["speed_ms"] > 16.0 and info["reward_terms"]["progress"] < -info["reward_terms"]["overspeed"]
+        if terminated or truncated:
+            break
+    assert charged > 20 and outweighed > 5
+
+
 @pytest.mark.parametrize(
     "wrapper, kwargs, message",
     [

@@ -45,6 +45,11 @@ class _PenaltyTerm(gym.Wrapper):
     """A reward term of its own: ``step`` adds :meth:`term` (of the step's ``info``) to the reward and to
     ``info["reward_terms"]`` under :attr:`term_name`, so the terms still sum to the reward.
 
+    The term is charged for each simulation step of the agent's step, :attr:`steps_per_action` (the env's
+    ``action_repeat``) times the per-step value, as the env sums its own terms over those steps: a weight means the
+    same per second of driving at every control rate. (Charged once per agent step, a penalty would weigh half as
+    much against ``progress`` at ``action_repeat: 2``.)
+
     :param env: the env.
     :param weight: weight of the term (>= 0), checked here for every subclass.
     """
@@ -54,15 +59,17 @@ class _PenaltyTerm(gym.Wrapper):
     def __init__(self, env: gym.Env, weight: float) -> None:
         super().__init__(env)
         self.weight = non_negative_number(f"{type(self).__name__} weight", weight)
+        #: simulation steps per agent step: the env's ``action_repeat`` (1 for an env without one)
+        self.steps_per_action = int(getattr(getattr(env.unwrapped, "config", None), "action_repeat", 1))
 
     def term(self, info: dict[str, Any]) -> float:
-        """The weighted term (<= 0) of the step that returned ``info``."""
+        """The weighted term (<= 0) of one simulation step, from the ``info`` of the agent step's last one."""
         raise NotImplementedError
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the env and add the weighted term to the reward and the reward terms."""
+        """Step the env and add the weighted term, times :attr:`steps_per_action`, to the reward and the terms."""
         obs, reward, terminated, truncated, info = self.env.step(action)
-        term = self.term(info)
+        term = self.term(info) * self.steps_per_action
         info["reward_terms"] = {**info.get("reward_terms", {}), self.term_name: term}
         return obs, float(reward) + term, terminated, truncated, info
 
@@ -73,7 +80,9 @@ class OverspeedPenalty(_PenaltyTerm):
     The term ``overspeed = -clip((v - v_target) / v_target - tolerance, 0, 1)`` is added to the reward and to
     ``info["reward_terms"]`` (weighted, like the env's own terms), so the terms still sum to the reward.
     With the default progress weight (1 per metre, 0.05 s steps) a weight above ``0.05 * v_target`` makes the
-    target speed the most rewarding speed; the default 1.0 makes it clearly so.
+    target speed the most rewarding speed; the default 1.0 makes it clearly so, up to 28 m/s for the 8 m/s target
+    (the term saturates at ``(2 + tolerance) * v_target``, beyond which progress pays again). Charged per simulation
+    step, like every term here (:class:`_PenaltyTerm`).
 
     :param env: a driving env (its ``unwrapped.config.target_speed_ms`` is the target speed; ``info["speed_ms"]``
         the speed).
@@ -117,7 +126,7 @@ class JerkPenalty(_PenaltyTerm):
     (:class:`sb3_av.evaluation.EpisodeMetrics`), so the term charges exactly what ``mean_abs_jerk_ms3`` reports:
     nothing for the first two steps of an episode. It is added to the reward and to ``info["reward_terms"]`` as
     ``jerk``. The default reference (100 m/s^3, about a full throttle-to-brake flip in 0.05 s) keeps the term in
-    [-weight, 0]; a 2 m/s^3 comfort-level jerk costs ``0.02 * weight``.
+    [-weight, 0] per simulation step; a 2 m/s^3 comfort-level jerk costs ``0.02 * weight``.
 
     :param env: a driving env (``info`` has ``speed_ms`` and ``sim_time_s``).
     :param weight: weight of the term (>= 0).
@@ -159,9 +168,9 @@ class HeadwayPenalty(_PenaltyTerm):
 
     The time headway is the bumper-to-bumper gap to the vehicle ahead on the route lane over the ego's speed
     (``info["backend"]["lead_distance_m"] / info["speed_ms"]``, what ``benchmarks/traffic_difficulty.py`` counts);
-    no leader, or a speed below 0.5 m/s, costs nothing. The term is in ``[-weight, 0]``: 0 at ``min_headway_s``
-    and beyond, ``-weight`` at a zero gap. Following a leader at its speed costs no progress at any gap, so the
-    term moves where the agent follows, not whether it drives. The backend must report the gap (Lite does).
+    no leader, or a speed below 0.5 m/s, costs nothing. The term is in ``[-weight, 0]`` per simulation step: 0 at
+    ``min_headway_s`` and beyond, ``-weight`` at a zero gap. Following a leader at its speed costs no progress at
+    any gap, so the term moves where the agent follows, not whether it drives. The backend must report the gap (Lite does).
 
     :param env: a driving env whose backend reports ``lead_distance_m``.
     :param weight: weight of the term (>= 0).
