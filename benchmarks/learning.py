@@ -67,6 +67,7 @@ __all__ = ["CONFIGS", "RECOMMENDED", "main", "run_benchmark"]
 
 EVAL_SEED = 10_000  # final evaluation: episode i uses EVAL_SEED + i
 CURVE_SEED = 20_000  # learning-curve evaluations
+SELECT_SEED = 30_000  # --select-episodes: the validation episodes that choose among the best curve snapshots
 TINY_ENV_KWARGS: dict[str, Any] = {"max_steps": 120}
 
 #: sb3-av's recommended TD3 settings for pixel-based driving (the ``sb3av`` configuration).
@@ -188,13 +189,22 @@ class _CurveCallback(BaseCallback):
     """
 
     def __init__(
-        self, eval_env: gym.Env, every: int, n_episodes: int, action_repeat: int = 1, keep_best: bool = False
+        self,
+        eval_env: gym.Env,
+        every: int,
+        n_episodes: int,
+        action_repeat: int = 1,
+        keep_best: bool = False,
+        keep_top: int = 1,
     ) -> None:
         super().__init__()
         self.eval_env = eval_env
         self.keep_best = keep_best
+        self.keep_top = keep_top
         #: (success rate, return) of the best curve evaluation, its step and a copy of the policy's weights then.
         self.best: tuple[tuple[float, float], int, dict[str, th.Tensor]] | None = None
+        #: the ``keep_top`` best curve evaluations, best first, in the same form (for ``--select-episodes``)
+        self.top: list[tuple[tuple[float, float], int, dict[str, th.Tensor]]] = []
         self.every = every
         self.action_repeat = action_repeat
         self.n_episodes = n_episodes
@@ -224,6 +234,11 @@ class _CurveCallback(BaseCallback):
         if self.keep_best and (self.best is None or score > self.best[0]):
             state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
             self.best = (score, self.sim_steps, state)
+        if self.keep_best and self.keep_top > 1 and (len(self.top) < self.keep_top or score > self.top[-1][0]):
+            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+            # a stable sort keeps the earlier of two equal scores first, as ``best`` does
+            self.top = sorted([*self.top, (score, self.sim_steps, state)], key=lambda t: t[0], reverse=True)
+            self.top = self.top[: self.keep_top]
         recent = self.train_episodes[-10:]
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
@@ -321,7 +336,10 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         train_env = ClearancePenalty(train_env, settings["clearance_penalty"])
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
-    callback = _CurveCallback(eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best)
+    keep_top = args.select_top if args.select_episodes else 1
+    callback = _CurveCallback(
+        eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best, keep_top=keep_top
+    )
     start = time.perf_counter()
     model.learn(total_timesteps=args.budget // action_repeat, callback=callback)
     wall_time = time.perf_counter() - start
@@ -329,6 +347,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
+    selection = _select(model, callback, eval_env, args) if args.keep_best and args.select_episodes else None
+    if selection is not None:
+        callback.best = selection["chosen"]
     reported, best_step = "final", callback.sim_steps
     if callback.best is not None and callback.best[1] != callback.sim_steps:
         # the final policy on the training env only (for the record), then the reported best one everywhere
@@ -357,7 +378,47 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "eval_final": final,
         "curve": callback.eval_points,
         "train_episodes": callback.train_episodes,
+        **({"selection": selection["candidates"]} if selection is not None else {}),
     }
+
+
+def _select(model: Any, callback: _CurveCallback, eval_env: gym.Env, args: argparse.Namespace) -> dict[str, Any]:
+    """Choose among the ``--select-top`` best curve snapshots on ``--select-episodes`` more episodes of ``--env``.
+
+    Five curve episodes tell 1.0 from 0.8 poorly (a snapshot at 1.0 on the curve can drive 0.80 on 20 episodes); each
+    candidate drives ``--select-episodes`` validation episodes (seeds :data:`SELECT_SEED` +, apart from the curve's
+    and the final evaluation's), and the best by success, then return, over its curve and validation episodes together
+    is reported. The final policy is put back afterwards (the caller evaluates it for the record).
+    """
+    final_state = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+    candidates, best = [], None
+    n_curve, n_select = args.curve_episodes, args.select_episodes
+    for (curve_success, curve_return), step, state in callback.top:
+        model.policy.load_state_dict(state)
+        m = evaluate(model, eval_env, n_select, seed=SELECT_SEED)
+        pooled = (
+            (curve_success * n_curve + m["success_rate"] * n_select) / (n_curve + n_select),
+            (curve_return * n_curve + m["mean_return"] * n_select) / (n_curve + n_select),
+        )
+        candidates.append(
+            {
+                "step": step,
+                "curve_success_rate": curve_success,
+                "select_success_rate": m["success_rate"],
+                "select_return": m["mean_return"],
+                "select_terminations": m["terminations"],
+                "pooled_success_rate": pooled[0],
+                "pooled_return": pooled[1],
+            }
+        )
+        print(f"  select: step {step}: curve {curve_success:.2f}, validation {m['success_rate']:.2f} {m['terminations']}")
+        if best is None or pooled > best[0]:
+            best = (pooled, step, state)
+    model.policy.load_state_dict(final_state)
+    assert best is not None
+    for candidate in candidates:
+        candidate["chosen"] = candidate["step"] == best[1]
+    return {"chosen": best, "candidates": candidates}
 
 
 def _primary(evals: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -503,7 +564,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Settings every part of a merged result shares (the protocol); the compute settings may differ between configs.
-PROTOCOL_KEYS = ("env", "eval_envs", "keep_best", "budget", "eval_episodes", "curve_every", "curve_episodes", "tiny")
+PROTOCOL_KEYS = (
+    "env",
+    "eval_envs",
+    "keep_best",
+    "budget",
+    "eval_episodes",
+    "curve_every",
+    "curve_episodes",
+    "tiny",
+    "select_episodes",
+    "select_top",
+)
+#: Protocol settings added since the first result files, with the value those files ran with.
+PROTOCOL_DEFAULTS = {"select_episodes": 0, "select_top": 3}
 #: Settings the runs of one config share across parts (with its effective RECOMMENDED settings, for sb3av).
 CONFIG_KEYS = ("train_freq", "gradient_steps", "batch_size")
 
@@ -525,11 +599,9 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     config_settings: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path, part in parts:
         for key in PROTOCOL_KEYS:
-            if part["settings"].get(key) != first["settings"].get(key):
-                raise ValueError(
-                    f"{path} was run with {key}={part['settings'].get(key)!r}, {first_path} with "
-                    f"{first['settings'].get(key)!r}: not the same protocol"
-                )
+            own, firsts = (p["settings"].get(key, PROTOCOL_DEFAULTS.get(key)) for p in (part, first))
+            if own != firsts:
+                raise ValueError(f"{path} was run with {key}={own!r}, {first_path} with {firsts!r}: not the same protocol")
         for row in part["rows"]:
             name = row["config"]
             own = {key: part["settings"].get(key) for key in CONFIG_KEYS}
@@ -551,7 +623,7 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     for name in order:
         runs[name].sort(key=lambda r: r["seed"])
     return {
-        "settings": {key: first["settings"].get(key) for key in PROTOCOL_KEYS},
+        "settings": {key: first["settings"].get(key, PROTOCOL_DEFAULTS.get(key)) for key in PROTOCOL_KEYS},
         "recommended": config_settings["sb3av"][1]["sb3av"] if "sb3av" in config_settings else RECOMMENDED,
         "parts": [
             {
@@ -580,6 +652,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="report the policy of the best curve evaluation (success, then return; seeds 20000+) instead of the final one",
     )
+    parser.add_argument(
+        "--select-episodes",
+        type=int,
+        default=0,
+        help="with --keep-best: drive the --select-top best curve snapshots this many more episodes of --env (seeds "
+        "30000+) and report the best over both (0: the best curve evaluation alone)",
+    )
+    parser.add_argument("--select-top", type=int, default=3, help="candidates of --select-episodes (default 3)")
     parser.add_argument("--budget", type=int, default=10_000, help="environment steps per training run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -622,6 +702,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.curve_every < 0 or math.isnan(args.curve_every):
         parser.error("--curve-every must be >= 0")
+    if args.select_episodes < 0 or args.select_top < 1:
+        parser.error("--select-episodes must be >= 0 and --select-top >= 1")
+    if args.select_episodes and not (args.keep_best and args.curve_every):
+        parser.error("--select-episodes chooses among curve snapshots: it needs --keep-best and --curve-every > 0")
     return args
 
 

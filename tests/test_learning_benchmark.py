@@ -111,6 +111,28 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
     assert "| sb3-av recommended TD3 | LiteScenario2-v0 |" in table and "| PID + pure pursuit" in table
 
 
+@pytest.mark.slow
+def test_select_episodes_choose_among_the_best_curve_snapshots_on_validation_episodes(learning, tmp_path, capsys):
+    """--select-episodes: the --select-top best curve snapshots each drive more episodes (seeds 30000+); the one with
+    the best success, then return, over its curve and validation episodes together is the reported model."""
+    out = tmp_path / "learning.json"
+    argv = ["--tiny", "--budget", "400", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "100"]
+    argv += ["--curve-episodes", "1", "--train-freq", "4", "--configs", "sb3av", "--keep-best", "--out", str(out)]
+    learning.main([*argv, "--select-episodes", "3", "--select-top", "2"])
+    (run,) = json.loads(out.read_text())["rows"][0]["runs"]
+    candidates = run["selection"]
+    curve = sorted(run["curve"], key=lambda p: (p["success_rate"], p["return"]), reverse=True)
+    assert [c["step"] for c in candidates] == [p["step"] for p in curve[:2]]  # the two best curve points
+    for candidate in candidates:
+        assert sum(candidate["select_terminations"].values()) == 3
+        pooled = (candidate["curve_success_rate"] * 1 + candidate["select_success_rate"] * 3) / 4
+        assert candidate["pooled_success_rate"] == pytest.approx(pooled)
+    chosen = max(candidates, key=lambda c: (c["pooled_success_rate"], c["pooled_return"]))
+    assert [c["chosen"] for c in candidates] == [c is chosen for c in candidates]
+    assert run["reported_step"] == chosen["step"]
+    assert "select: step" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -120,6 +142,8 @@ def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning,
         (["--set", '{"env_kwargs": {"action_repeat": 2}}'], "its own key"),
         (["--set", '{"learning_rate": "lin_fast"}'], "learning_rate: expected a number > 0 or 'lin_<initial value>'"),
         (["--set", '{"learning_rate": -0.001}'], "learning_rate: expected a number > 0"),
+        (["--select-episodes", "5"], "it needs --keep-best and --curve-every > 0"),
+        (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
@@ -183,6 +207,7 @@ def test_merge_joins_the_seeds_of_one_protocol_and_refuses_another(learning, tmp
     assert "| sb3-av recommended TD3 | 0, 1, 5 | 0.90 ± 0.08 (1.00 / 0.80 / 0.90) |" in capsys.readouterr().out
     for other, message in (
         (_part(tmp_path, "c", [2], [1.0], budget=20000), "budget=20000"),
+        (_part(tmp_path, "g", [2], [1.0], select_episodes=20), "select_episodes=20"),  # a/b ran without (before it)
         (_part(tmp_path, "d", [2], [1.0], overrides={"jerk_penalty": 5.0}), "in ['jerk_penalty']"),
         (_part(tmp_path, "e", [2], [1.0], train_freq=2), "in ['train_freq']"),
         (_part(tmp_path, "f", [1], [1.0]), "sb3av seed 1 is in more than one file"),
