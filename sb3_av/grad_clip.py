@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch as th
 from torch import nn
 
+from sb3_av._checks import is_finite_number
+
 __all__ = [
     "CLIP_EPS",
     "GROUP_NAMES",
@@ -65,7 +67,7 @@ def validate_max_grad_norms(max_grad_norms: Mapping[str, float | None] | None) -
     for name in GROUP_NAMES:
         value = given.get(name)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if not is_finite_number(value) or value <= 0:
                 raise ValueError(f"max_grad_norms[{name!r}] must be a finite number > 0 or None, got {value!r}")
             value = float(value)
         result[name] = value

@@ -179,6 +179,9 @@ def test_validate_max_grad_norms_completes_groups() -> None:
         "critic_cnn": None,
         "critic_mlp": None,
     }
+    # numpy numbers (a value computed with numpy, e.g. in an Optuna sampler) are numbers too, kept as Python floats
+    norms = validate_max_grad_norms({"critic_cnn": np.float32(10.0), "actor_mlp": np.int64(2)})
+    assert norms["critic_cnn"] == 10.0 and type(norms["critic_cnn"]) is float and norms["actor_mlp"] == 2.0
 
 
 def test_window_reductions_and_independent_alert_stream() -> None:
