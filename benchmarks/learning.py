@@ -201,9 +201,8 @@ class _CurveCallback(BaseCallback):
         self.eval_env = eval_env
         self.keep_best = keep_best
         self.keep_top = keep_top
-        #: (success rate, return) of the best curve evaluation, its step and a copy of the policy's weights then.
-        self.best: tuple[tuple[float, float], int, dict[str, th.Tensor]] | None = None
-        #: the ``keep_top`` best curve evaluations, best first, in the same form (for ``--select-episodes``)
+        #: with ``keep_best``: the ``keep_top`` best curve evaluations, best first, each as (success rate, return),
+        #: its step and a copy of the policy's weights then (more than one for ``--select-episodes``)
         self.top: list[tuple[tuple[float, float], int, dict[str, th.Tensor]]] = []
         self.every = every
         self.action_repeat = action_repeat
@@ -231,14 +230,11 @@ class _CurveCallback(BaseCallback):
             }
         )
         score = (m["success_rate"], m["mean_return"])
-        if self.keep_best and (self.best is None or score > self.best[0]):
+        if self.keep_best and (len(self.top) < self.keep_top or score > self.top[-1][0]):
             state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
-            self.best = (score, self.sim_steps, state)
-        if self.keep_best and self.keep_top > 1 and (len(self.top) < self.keep_top or score > self.top[-1][0]):
-            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
-            # a stable sort keeps the earlier of two equal scores first, as ``best`` does
-            self.top = sorted([*self.top, (score, self.sim_steps, state)], key=lambda t: t[0], reverse=True)
-            self.top = self.top[: self.keep_top]
+            # a stable sort keeps the earlier of two equal scores first (a later one must beat it)
+            ranked = sorted([*self.top, (score, self.sim_steps, state)], key=lambda t: t[0], reverse=True)
+            self.top = ranked[: self.keep_top]
         recent = self.train_episodes[-10:]
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
@@ -348,14 +344,13 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         callback._evaluate()
     start = time.perf_counter()
     selection = _select(model, callback, eval_env, args) if args.keep_best and args.select_episodes else None
-    if selection is not None:
-        callback.best = selection["chosen"]
+    best = selection["chosen"] if selection is not None else (callback.top[0] if callback.top else None)
     reported, best_step = "final", callback.sim_steps
-    if callback.best is not None and callback.best[1] != callback.sim_steps:
+    if best is not None and best[1] != callback.sim_steps:
         # the final policy on the training env only (for the record), then the reported best one everywhere
         final = _evaluate_on(model, args, action_repeat, [args.env])
-        model.policy.load_state_dict(callback.best[2])
-        reported, best_step = "best", callback.best[1]
+        model.policy.load_state_dict(best[2])
+        reported, best_step = "best", best[1]
         evals = _evaluate_on(model, args, action_repeat)
     else:
         evals = final = _evaluate_on(model, args, action_repeat)

@@ -41,6 +41,17 @@ def _target_speed_ms(env: gym.Env) -> float:
     return float(target)
 
 
+def _backend_value(info: dict[str, Any], key: str, need: str) -> Any:
+    """``info["backend"][key]``; a clear error (``need``, the key, the keys there are) when the backend lacks it."""
+    backend = info.get("backend", {})
+    if key not in backend:
+        raise ValueError(
+            f"{need} in info['backend'][{key!r}], which this backend does not report (the Lite backend does); "
+            f"backend info keys: {sorted(backend)}"
+        )
+    return backend[key]
+
+
 class _PenaltyTerm(gym.Wrapper):
     """A reward term of its own: ``step`` adds :meth:`term` (of the step's ``info``) to the reward and to
     ``info["reward_terms"]`` under :attr:`term_name`, so the terms still sum to the reward.
@@ -186,13 +197,8 @@ class HeadwayPenalty(_PenaltyTerm):
 
     def term(self, info: dict[str, Any]) -> float:
         """``-weight * clip(1 - headway / min_headway_s, 0, 1)`` behind a leader, else 0."""
-        backend = info.get("backend", {})
-        if "lead_distance_m" not in backend:
-            raise ValueError(
-                "HeadwayPenalty needs the gap to the vehicle ahead in info['backend']['lead_distance_m'], which this "
-                f"backend does not report (the Lite backend does); backend info keys: {sorted(backend)}"
-            )
-        gap, speed = backend["lead_distance_m"], float(info["speed_ms"])
+        gap = _backend_value(info, "lead_distance_m", "HeadwayPenalty needs the gap to the vehicle ahead")
+        speed = float(info["speed_ms"])
         term = 0.0
         if gap is not None and speed >= _HEADWAY_MIN_SPEED_MS:
             headway_s = float(gap) / speed
@@ -227,13 +233,7 @@ class ClearancePenalty(_PenaltyTerm):
 
     def term(self, info: dict[str, Any]) -> float:
         """``-weight * clip(1 - clearance / min_clearance_m, 0, 1)`` with an NPC near, else 0."""
-        backend = info.get("backend", {})
-        if "clearance_m" not in backend:
-            raise ValueError(
-                "ClearancePenalty needs the distance to the nearest NPC in info['backend']['clearance_m'], which this "
-                f"backend does not report (the Lite backend does); backend info keys: {sorted(backend)}"
-            )
-        clearance = backend["clearance_m"]
+        clearance = _backend_value(info, "clearance_m", "ClearancePenalty needs the distance to the nearest NPC")
         if clearance is None:
             return 0.0
         return -self.weight * min(max(1.0 - float(clearance) / self.min_clearance_m, 0.0), 1.0)
