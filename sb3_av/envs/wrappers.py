@@ -52,6 +52,11 @@ def _backend_value(info: dict[str, Any], key: str, need: str) -> Any:
     return backend[key]
 
 
+def _shortfall(value: float, threshold: float) -> float:
+    """How far ``value`` falls short of ``threshold``, as a share of it: ``clip(1 - value / threshold, 0, 1)``."""
+    return min(max(1.0 - value / threshold, 0.0), 1.0)
+
+
 class _PenaltyTerm(gym.Wrapper):
     """A reward term of its own: ``step`` adds :meth:`term` (of the step's ``info``) to the reward and to
     ``info["reward_terms"]`` under :attr:`term_name`, so the terms still sum to the reward.
@@ -201,8 +206,7 @@ class HeadwayPenalty(_PenaltyTerm):
         speed = float(info["speed_ms"])
         term = 0.0
         if gap is not None and speed >= _HEADWAY_MIN_SPEED_MS:
-            headway_s = float(gap) / speed
-            term = -self.weight * min(max(1.0 - headway_s / self.min_headway_s, 0.0), 1.0)
+            term = -self.weight * _shortfall(float(gap) / speed, self.min_headway_s)
         return term
 
 
@@ -236,7 +240,7 @@ class ClearancePenalty(_PenaltyTerm):
         clearance = _backend_value(info, "clearance_m", "ClearancePenalty needs the distance to the nearest NPC")
         if clearance is None:
             return 0.0
-        return -self.weight * min(max(1.0 - float(clearance) / self.min_clearance_m, 0.0), 1.0)
+        return -self.weight * _shortfall(float(clearance), self.min_clearance_m)
 
 
 class ScenarioCycle(gym.Wrapper):
