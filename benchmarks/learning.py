@@ -34,6 +34,7 @@ benchmark on a 2-core CPU). Half as many gradient steps (``--train-freq 2``) lef
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -57,6 +58,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
+from sb3_av.callbacks.weight_average import PolicyWeightAverage
 from sb3_av.compute import native_bfloat16
 from sb3_av.envs.wrappers import ClearancePenalty, HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
 from sb3_av.evaluation import evaluate
@@ -91,6 +93,9 @@ RECOMMENDED: dict[str, Any] = {
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
     "image_augmentation": None,
     "augmentation_pad": 4,
+    # > 0: evaluate, keep and save an exponential moving average of the policy's weights with this decay per agent
+    # step (PolicyWeightAverage) instead of its last weights; 0 = off
+    "policy_average_decay": 0.0,
     "max_grad_norms": {"critic_cnn": 10.0},
     "policy_kwargs": {
         "share_features_extractor": True,
@@ -196,9 +201,12 @@ class _CurveCallback(BaseCallback):
         action_repeat: int = 1,
         keep_best: bool = False,
         keep_top: int = 1,
+        average: PolicyWeightAverage | None = None,
     ) -> None:
         super().__init__()
         self.eval_env = eval_env
+        #: with a weight average, the curve evaluates (and keeps) the averaged policy
+        self.average = average
         self.keep_best = keep_best
         self.keep_top = keep_top
         #: with ``keep_best``: the ``keep_top`` best curve evaluations, best first, each as (success rate, return),
@@ -218,7 +226,9 @@ class _CurveCallback(BaseCallback):
 
     def _evaluate(self) -> None:
         start = time.perf_counter()
-        m = evaluate(self.model, self.eval_env, self.n_episodes, seed=CURVE_SEED)
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            m = evaluate(self.model, self.eval_env, self.n_episodes, seed=CURVE_SEED)
+            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
         self.eval_time_s += time.perf_counter() - start
         self.eval_points.append(
             {
@@ -231,7 +241,6 @@ class _CurveCallback(BaseCallback):
         )
         score = (m["success_rate"], m["mean_return"])
         if self.keep_best and (len(self.top) < self.keep_top or score > self.top[-1][0]):
-            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
             # a stable sort keeps the earlier of two equal scores first (a later one must beat it)
             ranked = sorted([*self.top, (score, self.sim_steps, state)], key=lambda t: t[0], reverse=True)
             self.top = ranked[: self.keep_top]
@@ -333,13 +342,25 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     keep_top = args.select_top if args.select_episodes else 1
+    average = None
+    if settings is not None and settings["policy_average_decay"] > 0:
+        average = PolicyWeightAverage(settings["policy_average_decay"], start=int(model.learning_starts))
     callback = _CurveCallback(
-        eval_env, args.curve_every, args.curve_episodes, action_repeat, keep_best=args.keep_best, keep_top=keep_top
+        eval_env,
+        args.curve_every,
+        args.curve_episodes,
+        action_repeat,
+        keep_best=args.keep_best,
+        keep_top=keep_top,
+        average=average,
     )
     start = time.perf_counter()
-    model.learn(total_timesteps=args.budget // action_repeat, callback=callback)
+    # the average is updated before the curve callback evaluates it at the same step
+    model.learn(total_timesteps=args.budget // action_repeat, callback=[average, callback] if average else callback)
     wall_time = time.perf_counter() - start
     train_time = wall_time - callback.eval_time_s
+    if average is not None:  # the averaged policy is the final one
+        model.policy.load_state_dict(average.state_dict())
     if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
@@ -692,6 +713,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             checked_learning_rate(args.overrides["learning_rate"])
         except ValueError as error:
             parser.error(f"--set: learning_rate: {error}")
+    if "policy_average_decay" in args.overrides:
+        try:
+            PolicyWeightAverage(args.overrides["policy_average_decay"])
+        except ValueError as error:
+            parser.error(f"--set: policy_average_decay: {error}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -133,6 +133,33 @@ def test_select_episodes_choose_among_the_best_curve_snapshots_on_validation_epi
     assert "select: step" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_policy_average_reports_and_saves_the_averaged_weights(learning, tmp_path):
+    """The weight average does not change training: with decay 0 (the average is the policy) the run is the plain
+    run's; with decay 0.9 the curve, the evaluation and the saved model are those of other (averaged) weights."""
+    argv = ["--tiny", "--budget", "300", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "100"]
+    argv += ["--curve-episodes", "1", "--train-freq", "4", "--configs", "sb3av"]
+    runs, weights = {}, {}
+    for decay in (None, 0.0, 0.9):
+        out, saved = tmp_path / f"learning_{decay}.json", tmp_path / f"models_{decay}"
+        extra = ["--set", json.dumps({"policy_average_decay": decay})] if decay is not None else []
+        learning.main([*argv, *extra, "--out", str(out), "--save-dir", str(saved)])
+        (runs[decay],) = json.loads(out.read_text())["rows"][0]["runs"]
+        weights[decay] = _policy_weights(saved)
+    same = ("curve", "eval", "train_episodes", "gradient_steps")
+    assert {k: runs[0.0][k] for k in same} == {k: runs[None][k] for k in same}
+    assert all(th.equal(weights[0.0][k], weights[None][k]) for k in weights[None])
+    assert runs[0.9]["train_episodes"] == runs[None]["train_episodes"]  # the same training
+    assert any(not th.equal(weights[0.9][k], weights[None][k]) for k in weights[None])
+    assert [p["return"] for p in runs[0.9]["curve"]] != [p["return"] for p in runs[None]["curve"]]
+
+
+def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
+    from sb3_av.td3 import ClippedTD3
+
+    return ClippedTD3.load(save_dir / "sb3av_seed0.zip", device="cpu").policy.state_dict()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -142,6 +169,7 @@ def test_select_episodes_choose_among_the_best_curve_snapshots_on_validation_epi
         (["--set", '{"env_kwargs": {"action_repeat": 2}}'], "its own key"),
         (["--set", '{"learning_rate": "lin_fast"}'], "learning_rate: expected a number > 0 or 'lin_<initial value>'"),
         (["--set", '{"learning_rate": -0.001}'], "learning_rate: expected a number > 0"),
+        (["--set", '{"policy_average_decay": 1.0}'], "policy_average_decay: decay must be a number in [0, 1)"),
         (["--select-episodes", "5"], "it needs --keep-best and --curve-every > 0"),
         (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
     ],

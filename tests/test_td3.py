@@ -348,6 +348,13 @@ def test_random_shift_is_a_bounded_integer_shift() -> None:
             (dy, dx) for dy in range(5) for dx in range(5) if th.equal(shifted[b], padded[b, :, dy : dy + 10, dx : dx + 10])
         ]
         assert len(matches) == 1
+    # the crop of sample b is at the offset drawn for it: (row, col) = th.randint(0, 2 pad + 1, (B, 2)) of the generator
+    wide = th.randint(0, 256, (6, 2, 9, 13), generator=th.Generator().manual_seed(1)).float()  # any dtype, H != W
+    shifted = random_shift(wide, pad=3, generator=th.Generator().manual_seed(7))
+    offsets = th.randint(0, 7, (6, 2), generator=th.Generator().manual_seed(7))
+    padded = th.nn.functional.pad(wide, (3, 3, 3, 3), mode="replicate")
+    for b, (dy, dx) in enumerate(offsets.tolist()):
+        assert th.equal(shifted[b], padded[b, :, dy : dy + 9, dx : dx + 13])
     assert th.equal(random_shift(images, pad=0), images)
     with pytest.raises(ValueError, match="pad must be >= 0"):
         random_shift(images, pad=-1)
