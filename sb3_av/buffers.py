@@ -268,6 +268,21 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         self.obs_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
         self.next_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (``load_replay_buffer``), also a buffer saved before the frames moved into :class:`FrameRing`
+        (sb3-av before commit 800ae26 kept the ring's arrays and counters on the buffer itself, the same values)."""
+        if "ring" not in state and "frames" in state:
+            ring = FrameRing.__new__(FrameRing)
+            ring.frame_reserve = state["frame_reserve"]
+            ring.frames = state.pop("frames")
+            ring.n_written = state.pop("n_frames_written")
+            ring.n_growths = state.pop("n_ring_growths")
+            ring._last_next = state.pop("_last_next_image")
+            ring._last_next_ids = state.pop("_last_next_ids")
+            ring._has_last = state.pop("_has_last")
+            state["ring"] = ring
+        self.__dict__.update(state)
+
     # ------------------------------------------------------------------------------------------ memory accounting
     @property
     def n_frames_written(self) -> int:

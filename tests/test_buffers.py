@@ -453,3 +453,33 @@ def test_pickle_round_trip_keeps_adding_exactly():
         _add_both(ours, ref, transition)
     for seed in range(3):
         _assert_same_samples(ours, ref, batch_size=50, seed=seed)
+
+
+def test_a_buffer_pickled_before_frame_ring_loads_and_keeps_adding_exactly():
+    """tests/data/buffers: a buffer saved by sb3-av before the FrameRing refactor (commit 800ae26; the ring's arrays
+    were the buffer's own attributes) with SB3's ``save_to_pkl``, after 17 transitions of 4-step episodes, and what
+    that old code sampled (``np.random.seed(0)``, 8 samples) after 13 more. Loaded with today's class, it must
+    sample the same after the same 13 transitions."""
+    from pathlib import Path
+
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    data = Path(__file__).parent / "data" / "buffers"
+    buffer = load_from_pkl(data / "framestack_before_framering.pkl")
+    expected = np.load(data / "framestack_before_framering_expected.npz")
+    assert isinstance(buffer, FrameStackDictReplayBuffer) and isinstance(buffer.ring, FrameRing)
+    assert "frames" not in vars(buffer) and "n_frames_written" not in vars(buffer)
+    for i in range(13):
+        obs = {"image": expected[f"stream_{i}_image"], "vector": expected[f"stream_{i}_vector"]}
+        next_obs = {"image": expected[f"stream_{i}_next_image"], "vector": expected[f"stream_{i}_next_vector"]}
+        reward, done = expected[f"stream_{i}_reward"], expected[f"stream_{i}_done"]
+        buffer.add(obs, next_obs, expected[f"stream_{i}_action"], reward, done, [{}])
+    assert buffer.n_frames_written == int(expected["frames_written"])
+    np.random.seed(0)
+    sample = buffer.sample(8)
+    np.testing.assert_array_equal(sample.observations["image"].numpy(), expected["image"])
+    np.testing.assert_array_equal(sample.next_observations["image"].numpy(), expected["next_image"])
+    np.testing.assert_array_equal(sample.observations["vector"].numpy(), expected["vector"])
+    np.testing.assert_array_equal(sample.actions.numpy(), expected["actions"])
+    np.testing.assert_array_equal(sample.rewards.numpy(), expected["rewards"])
+    np.testing.assert_array_equal(sample.dones.numpy(), expected["dones"])
