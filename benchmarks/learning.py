@@ -93,9 +93,9 @@ RECOMMENDED: dict[str, Any] = {
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
     "image_augmentation": None,
     "augmentation_pad": 4,
-    # > 0: evaluate, keep and save an exponential moving average of the policy's weights with this decay per agent
-    # step (PolicyWeightAverage) instead of its last weights; 0 = off
-    "policy_average_decay": 0.0,
+    # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
+    # decay per agent step (PolicyWeightAverage) instead of its last weights; None = off
+    "policy_average_decay": None,
     "max_grad_norms": {"critic_cnn": 10.0},
     "policy_kwargs": {
         "share_features_extractor": True,
@@ -228,7 +228,10 @@ class _CurveCallback(BaseCallback):
         start = time.perf_counter()
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
             m = evaluate(self.model, self.eval_env, self.n_episodes, seed=CURVE_SEED)
-            state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+            score = (m["success_rate"], m["mean_return"])
+            keep = self.keep_best and (len(self.top) < self.keep_top or score > self.top[-1][0])
+            if keep:  # the evaluated weights (the average's, when there is one)
+                state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
         self.eval_time_s += time.perf_counter() - start
         self.eval_points.append(
             {
@@ -239,8 +242,7 @@ class _CurveCallback(BaseCallback):
                 "terminations": m["terminations"],
             }
         )
-        score = (m["success_rate"], m["mean_return"])
-        if self.keep_best and (len(self.top) < self.keep_top or score > self.top[-1][0]):
+        if keep:
             # a stable sort keeps the earlier of two equal scores first (a later one must beat it)
             ranked = sorted([*self.top, (score, self.sim_steps, state)], key=lambda t: t[0], reverse=True)
             self.top = ranked[: self.keep_top]
@@ -343,7 +345,7 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     model = factory(train_env, seed, args)
     keep_top = args.select_top if args.select_episodes else 1
     average = None
-    if settings is not None and settings["policy_average_decay"] > 0:
+    if settings is not None and settings["policy_average_decay"] is not None:
         average = PolicyWeightAverage(settings["policy_average_decay"], start=int(model.learning_starts))
     callback = _CurveCallback(
         eval_env,
@@ -713,7 +715,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             checked_learning_rate(args.overrides["learning_rate"])
         except ValueError as error:
             parser.error(f"--set: learning_rate: {error}")
-    if "policy_average_decay" in args.overrides:
+    if args.overrides.get("policy_average_decay") is not None:
         try:
             PolicyWeightAverage(args.overrides["policy_average_decay"])
         except ValueError as error:
