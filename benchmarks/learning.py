@@ -14,8 +14,10 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns
   are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
   learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training
-  and evaluation; the budget and ``--train-freq`` still count simulation steps). Evaluation runs on the plain env
-  otherwise (no reward wrappers: success does not depend on the reward).
+  and evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
+  0.9995}'`` evaluates, keeps and saves a moving average of the policy's weights
+  (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse (README).
+  Evaluation runs on the plain env otherwise (no reward wrappers: success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
   budget (it never fills further).
