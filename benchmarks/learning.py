@@ -602,9 +602,18 @@ PROTOCOL_DEFAULTS = {"select_episodes": 0, "select_top": 3}
 CONFIG_KEYS = ("train_freq", "gradient_steps", "batch_size")
 
 
+#: Settings whose values drive the same run: files written while ``policy_average_decay`` 0.0 meant "off" (before
+#: None did) compare equal to today's None; decay 0 averages nothing, so both report the policy itself.
+SAME_RUN_VALUES = {"policy_average_decay": {0.0: None}}
+
+
 def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
     """The sb3av settings a result file ran with: its RECOMMENDED and ``--set``, keys added since at today's default."""
-    return {**RECOMMENDED, **part.get("recommended", {}), **part["settings"].get("overrides", {})}
+    settings = {**RECOMMENDED, **part.get("recommended", {}), **part["settings"].get("overrides", {})}
+    for key, same in SAME_RUN_VALUES.items():
+        if key in settings and settings[key] in same:
+            settings[key] = same[settings[key]]
+    return settings
 
 
 def merge_results(paths: list[Path]) -> dict[str, Any]:

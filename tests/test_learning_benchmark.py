@@ -238,8 +238,17 @@ def test_merge_joins_the_seeds_of_one_protocol_and_refuses_another(learning, tmp
         (_part(tmp_path, "g", [2], [1.0], select_episodes=20), "select_episodes=20"),  # a/b ran without (before it)
         (_part(tmp_path, "d", [2], [1.0], overrides={"jerk_penalty": 5.0}), "in ['jerk_penalty']"),
         (_part(tmp_path, "e", [2], [1.0], train_freq=2), "in ['train_freq']"),
+        (_part(tmp_path, "h", [2], [1.0], overrides={"policy_average_decay": 0.5}), "in ['policy_average_decay']"),
         (_part(tmp_path, "f", [1], [1.0]), "sb3av seed 1 is in more than one file"),
         (tmp_path / "missing.json", "no such result file"),
     ):
         with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
             learning.main(["--merge", str(a), str(other), "--out", str(tmp_path / "x.json")])
+
+
+def test_merge_reads_an_old_zero_average_decay_as_off(learning, tmp_path):
+    """Files run while decay 0.0 meant "off" merge with files of today's None (decay 0 reports the policy itself)."""
+    old = _part(tmp_path, "old", [0], [1.0], overrides={"policy_average_decay": 0.0})
+    new = _part(tmp_path, "new", [1], [0.9])
+    result = learning.main(["--merge", str(old), str(new), "--out", str(tmp_path / "all.json")])
+    assert result["rows"][0]["seeds"] == [0, 1] and result["recommended"]["policy_average_decay"] is None
