@@ -62,7 +62,15 @@ from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.callbacks.weight_average import PolicyWeightAverage
 from sb3_av.compute import native_bfloat16
-from sb3_av.envs.wrappers import ClearancePenalty, HeadwayPenalty, JerkPenalty, OverspeedPenalty, ScaleReward, ScenarioCycle
+from sb3_av.envs.wrappers import (
+    ClearancePenalty,
+    HeadwayPenalty,
+    JerkPenalty,
+    OverspeedPenalty,
+    ScaleReward,
+    ScenarioCycle,
+    cycle_entry,
+)
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
 from sb3_av.zoo.config import checked_learning_rate
@@ -93,6 +101,11 @@ RECOMMENDED: dict[str, Any] = {
     "headway_penalty": 0.0,  # HeadwayPenalty weight (time headway below 1.5 s); 0 = off
     "clearance_penalty": 0.0,  # ClearancePenalty weight (an NPC's box within 1 m of the ego's); 0 = off
     "cycle_scenarios": [],  # more training scenarios, one episode each in turn after --env's (ScenarioCycle)
+    # a curriculum: --env alone for this many simulation steps, then the cycle (ScenarioCycle first_env_steps)
+    "cycle_after": 0,
+    # the curve evaluations (and the snapshot --keep-best keeps) drive --env and the cycle's scenarios in turn, each on
+    # its plain env with the entry's own kwargs; False: --env alone
+    "curve_on_cycle": False,
     "image_augmentation": None,
     "augmentation_pad": 4,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
@@ -197,7 +210,7 @@ class _CurveCallback(BaseCallback):
 
     def __init__(
         self,
-        eval_env: gym.Env,
+        eval_env: gym.Env | list[gym.Env],
         every: int,
         n_episodes: int,
         action_repeat: int = 1,
@@ -309,6 +322,41 @@ def _evaluate_on(
     return results
 
 
+def _training_env(args: argparse.Namespace, settings: dict[str, Any] | None, action_repeat: int) -> gym.Env:
+    """The recommended config's training env (env kwargs, scenario cycle, reward terms); others get the plain env.
+
+    Evaluation always uses the plain env (:func:`_evaluate_on`, the curve's :func:`_curve_envs`).
+    """
+    if settings is None:
+        return _make_env(args, args.env, action_repeat=action_repeat)
+    train_env = _make_env(args, args.env, **settings["env_kwargs"], action_repeat=action_repeat)
+    if settings["cycle_scenarios"]:
+        cycle_kwargs = {**(TINY_ENV_KWARGS if args.tiny else {}), **settings["env_kwargs"], "action_repeat": action_repeat}
+        first_env_steps = int(settings["cycle_after"]) // action_repeat
+        train_env = ScenarioCycle(train_env, list(settings["cycle_scenarios"]), cycle_kwargs, first_env_steps)
+    for key, term in (
+        ("overspeed_penalty", OverspeedPenalty),
+        ("jerk_penalty", JerkPenalty),
+        ("headway_penalty", HeadwayPenalty),
+        ("clearance_penalty", ClearancePenalty),
+    ):
+        if settings[key] > 0:
+            train_env = term(train_env, settings[key])
+    return train_env
+
+
+def _curve_envs(
+    args: argparse.Namespace, settings: dict[str, Any] | None, eval_env: gym.Env, action_repeat: int
+) -> list[gym.Env]:
+    """The curve's envs: ``--env``'s plain env, and with ``curve_on_cycle`` each cycle scenario's (its own kwargs)."""
+    envs = [eval_env]
+    if settings is not None and settings["curve_on_cycle"]:
+        for entry in settings["cycle_scenarios"]:
+            env_id, own_kwargs = cycle_entry(entry)
+            envs.append(_make_env(args, env_id, **own_kwargs, action_repeat=action_repeat))
+    return envs
+
+
 def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     factory = CONFIGS[name][1]
     if args.threads:
@@ -328,29 +376,16 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         }
     th.manual_seed(seed)
     eval_env = _make_env(args, args.env, action_repeat=action_repeat)
-    # The recommended config's training env (env kwargs, over-speed and jerk penalties); evaluation uses the plain env.
-    train_env = _make_env(
-        args, args.env, **(settings["env_kwargs"] if settings is not None else {}), action_repeat=action_repeat
-    )
-    if settings is not None and settings["cycle_scenarios"]:
-        cycle_kwargs = {**(TINY_ENV_KWARGS if args.tiny else {}), **settings["env_kwargs"], "action_repeat": action_repeat}
-        train_env = ScenarioCycle(train_env, list(settings["cycle_scenarios"]), cycle_kwargs)
-    if settings is not None and settings["overspeed_penalty"] > 0:
-        train_env = OverspeedPenalty(train_env, settings["overspeed_penalty"])
-    if settings is not None and settings["jerk_penalty"] > 0:
-        train_env = JerkPenalty(train_env, settings["jerk_penalty"])
-    if settings is not None and settings["headway_penalty"] > 0:
-        train_env = HeadwayPenalty(train_env, settings["headway_penalty"])
-    if settings is not None and settings["clearance_penalty"] > 0:
-        train_env = ClearancePenalty(train_env, settings["clearance_penalty"])
+    train_env = _training_env(args, settings, action_repeat)
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
     keep_top = args.select_top if args.select_episodes else 1
     average = None
     if settings is not None and settings["policy_average_decay"] is not None:
         average = PolicyWeightAverage(settings["policy_average_decay"], start=int(model.learning_starts))
+    curve_envs = _curve_envs(args, settings, eval_env, action_repeat)
     callback = _CurveCallback(
-        eval_env,
+        curve_envs if len(curve_envs) > 1 else eval_env,
         args.curve_every,
         args.curve_episodes,
         action_repeat,
@@ -368,7 +403,7 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if not callback.eval_points or callback.eval_points[-1]["step"] != callback.sim_steps:
         callback._evaluate()
     start = time.perf_counter()
-    selection = _select(model, callback, eval_env, args) if args.keep_best and args.select_episodes else None
+    selection = _select(model, callback, callback.eval_env, args) if args.keep_best and args.select_episodes else None
     best = selection["chosen"] if selection is not None else (callback.top[0] if callback.top else None)
     reported, best_step = "final", callback.sim_steps
     if best is not None and best[1] != callback.sim_steps:
@@ -384,7 +419,8 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         model.save(Path(args.save_dir) / f"{name}_seed{seed}.zip")
     train_env.close()
-    eval_env.close()
+    for env in curve_envs:
+        env.close()
     return {
         "seed": seed,
         "train_time_s": round(train_time, 1),
@@ -402,7 +438,9 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _select(model: Any, callback: _CurveCallback, eval_env: gym.Env, args: argparse.Namespace) -> dict[str, Any]:
+def _select(
+    model: Any, callback: _CurveCallback, eval_env: gym.Env | list[gym.Env], args: argparse.Namespace
+) -> dict[str, Any]:
     """Choose among the ``--select-top`` best curve snapshots on ``--select-episodes`` more episodes of ``--env``.
 
     Five curve episodes tell 1.0 from 0.8 poorly (a snapshot at 1.0 on the curve can drive 0.80 on 20 episodes); each
@@ -731,6 +769,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             PolicyWeightAverage(args.overrides["policy_average_decay"])
         except ValueError as error:
             parser.error(f"--set: policy_average_decay: {error}")
+    cycle_after = args.overrides.get("cycle_after", 0)
+    if isinstance(cycle_after, bool) or not isinstance(cycle_after, int) or cycle_after < 0:
+        parser.error(f"--set: cycle_after must be an integer number of simulation steps >= 0, got {cycle_after!r}")
+    if not isinstance(args.overrides.get("curve_on_cycle", False), bool):
+        parser.error(f"--set: curve_on_cycle must be true or false, got {args.overrides['curve_on_cycle']!r}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -151,7 +151,7 @@ def _episode(policy: Any, env: gym.Env, seed: int | None, deterministic: bool) -
 
 def evaluate(
     policy_or_model: Any,
-    env: gym.Env,
+    env: gym.Env | Sequence[gym.Env],
     n_episodes: int,
     seed: int | None = None,
     deterministic: bool = True,
@@ -160,7 +160,8 @@ def evaluate(
 
     :param policy_or_model: an SB3 model (anything with ``predict(obs, deterministic=...)``) or a
         :class:`~sb3_av.baselines.PIDPurePursuit` (given each step's ``info``).
-    :param env: a (non-vectorised) driving env of the contract.
+    :param env: a (non-vectorised) driving env of the contract, or several: episode ``i`` then drives
+        ``env[i % len(env)]`` (a mix of scenarios, the same at every call), and each episode records its ``env_index``.
     :param n_episodes: number of episodes, >= 1.
     :param seed: episode ``i`` is reset with ``seed + i`` (reproducible); None: unseeded.
     :param deterministic: deterministic actions for models.
@@ -169,11 +170,20 @@ def evaluate(
         ``mean_abs_lateral_offset_m``, ``mean_abs_jerk_ms3``, ``episode_length_steps``, ``episode_length_s``,
         ``mean_return``, ``std_return``, ``distance_km``, ``collisions``, ``n_episodes``, ``terminations``
         (reason -> count) and ``episodes`` (per episode: :meth:`EpisodeMetrics.finish` and the seed).
-    :raises ValueError: ``n_episodes < 1``.
+    :raises ValueError: ``n_episodes < 1``, or no env.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    episodes = [_episode(policy_or_model, env, None if seed is None else seed + i, deterministic) for i in range(n_episodes)]
+    envs = list(env) if isinstance(env, Sequence) else [env]
+    if not envs:
+        raise ValueError("evaluate needs at least one env")
+    episodes = [
+        _episode(policy_or_model, envs[i % len(envs)], None if seed is None else seed + i, deterministic)
+        for i in range(n_episodes)
+    ]
+    if len(envs) > 1:
+        for i, episode in enumerate(episodes):
+            episode["env_index"] = i % len(envs)
     return {"n_episodes": n_episodes, **_aggregate(episodes), "episodes": episodes}
 
 

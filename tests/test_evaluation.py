@@ -67,6 +67,18 @@ def test_collisions_per_km_and_off_road_rate() -> None:
         evaluate(_Throttle([1.0]), _scripted(), n_episodes=0)
 
 
+def test_several_envs_take_the_episodes_in_turn() -> None:
+    """Episode i drives env i mod k with seed + i: a collision env and a clean one give every other episode each."""
+    envs = [_scripted(collide_at_step=30), _scripted(max_steps=40)]
+    metrics = evaluate(_Throttle([1.0]), envs, n_episodes=5, seed=3)
+    assert [(e["seed"], e["env_index"]) for e in metrics["episodes"]] == [(3, 0), (4, 1), (5, 0), (6, 1), (7, 0)]
+    assert metrics["terminations"] == {"collision": 3, "time_limit": 2} and metrics["collisions"] == 3
+    alone = [evaluate(_Throttle([1.0]), env, n_episodes=1, seed=3)["mean_return"] for env in envs]
+    assert metrics["mean_return"] == pytest.approx((3 * alone[0] + 2 * alone[1]) / 5)
+    with pytest.raises(ValueError, match="at least one env"):
+        evaluate(_Throttle([1.0]), [], n_episodes=1)
+
+
 def test_baseline_on_a_short_lite_route() -> None:
     import gymnasium as gym
 

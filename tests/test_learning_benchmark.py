@@ -171,6 +171,9 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"learning_rate": -0.001}'], "learning_rate: expected a number > 0"),
         (["--set", '{"policy_average_decay": 1.0}'], "policy_average_decay: decay must be a number in [0, 1)"),
         (["--select-episodes", "5"], "it needs --keep-best and --curve-every > 0"),
+        (["--set", '{"cycle_after": -1}'], "cycle_after must be an integer number of simulation steps >= 0"),
+        (["--set", '{"cycle_after": 1.5}'], "cycle_after must be an integer number of simulation steps >= 0"),
+        (["--set", '{"curve_on_cycle": "yes"}'], "curve_on_cycle must be true or false"),
         (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
     ],
 )
@@ -179,6 +182,29 @@ def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
         learning.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_lane_curriculum_trains_on_env_first_and_curves_on_every_lane(learning):
+    """``cycle_after`` (simulation steps) becomes ScenarioCycle's agent steps; ``curve_on_cycle`` adds the cycle's
+    scenarios, each on its plain env with the entry's own kwargs (not the training env kwargs) to the curve."""
+    lanes = [{"env_id": "LiteScenario2-v0", "env_kwargs": {"route_lane": lane}} for lane in (0, 2)]
+    overrides = {"cycle_scenarios": lanes, "cycle_after": 1000, "curve_on_cycle": True, "env_kwargs": {"reward_lane": 1.0}}
+    args = learning._parse(["--tiny", "--env", "LiteScenario2-v0", "--set", json.dumps(overrides)])
+    settings = learning._recommended_settings(args)
+    train_env = learning._training_env(args, settings, action_repeat=2)
+    cycle = train_env.env.env  # JerkPenalty(OverspeedPenalty(ScenarioCycle))
+    assert type(cycle).__name__ == "ScenarioCycle" and cycle.first_env_steps == 500
+    eval_env = learning._make_env(args, "LiteScenario2-v0", action_repeat=2)
+    curve = learning._curve_envs(args, settings, eval_env, action_repeat=2)
+    assert [env.unwrapped.backend.route_lane for env in curve] == [1, 0, 2]
+    for env in curve:
+        config = env.unwrapped.config
+        assert config.action_repeat == 2 and config.max_steps == 120 and config.reward_weights.lane == 0.2
+    assert cycle.env.unwrapped.config.reward_weights.lane == 1.0  # the training env kwargs reach training only
+    off = learning._curve_envs(args, {**settings, "curve_on_cycle": False}, eval_env, action_repeat=2)
+    assert off == [eval_env]
+    for env in (train_env, *curve):
+        env.close()
 
 
 @pytest.mark.parametrize("rate, at_half", [(3e-4, 3e-4), ("lin_3e-4", 1.5e-4)])

@@ -269,3 +269,22 @@ def test_scenario_cycle_rejects_bad_ids_and_other_spaces() -> None:
     for entry in (3, {"id": "LiteScenario1-v0"}, {"env_id": "LiteScenario1-v0", "env_kwargs": [1]}):
         with pytest.raises(ValueError, match="entries must be an env id or"):
             ScenarioCycle(_lite(), [entry])  # type: ignore[list-item]
+
+
+def test_scenario_cycle_curriculum_keeps_the_first_env_for_its_steps() -> None:
+    """``first_env_steps``: episodes stay on ``env`` until that many steps were taken, then the cycle starts at env 1."""
+    env = ScenarioCycle(gym.make("LiteScenario0-v0", max_steps=5), ["LiteScenario1-v0"], {"max_steps": 5}, 12)
+    seen = []
+    for k in range(6):
+        env.reset(seed=1 if k == 0 else None)
+        seen.append((env.env_index, len(env.unwrapped.backend.npcs), env.steps))
+        truncated = False
+        while not truncated:  # 5 steps an episode (no collision that early on an empty start)
+            *_, terminated, truncated, _ = env.step(np.zeros(2, dtype=np.float32))
+            truncated = truncated or terminated
+    env.close()
+    # steps before each reset: 0, 5, 10 (< 12: still env 0), 15 (the cycle starts at env 1), 20, 25
+    assert seen == [(0, 20, 0), (0, 20, 5), (0, 20, 10), (1, 50, 15), (0, 20, 20), (1, 50, 25)]
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="first_env_steps must be an integer >= 0"):
+            ScenarioCycle(_lite(), ["LiteScenario1-v0"], first_env_steps=bad)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ Evaluate on the plain env: success, route completion and collisions do not depen
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -256,31 +257,54 @@ class ScenarioCycle(gym.Wrapper):
         with env kwargs of its own (on top of ``env_kwargs``), e.g. ``{"env_id": "LiteScenario2-v0", "env_kwargs":
         {"route_lane": 0}}``.
     :param env_kwargs: env kwargs of every other env (e.g. the same ``action_repeat`` as ``env``).
+    :param first_env_steps: a curriculum: every episode is ``env``'s until this many steps (``step()`` calls of this
+        wrapper, i.e. agent steps) have been taken; the cycle starts at the first reset after them. 0: from the start.
     """
 
-    def __init__(self, env: gym.Env, env_ids: list[str | dict[str, Any]], env_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        env_ids: list[str | dict[str, Any]],
+        env_kwargs: dict[str, Any] | None = None,
+        first_env_steps: int = 0,
+    ) -> None:
         super().__init__(env)
         if not isinstance(env_ids, list | tuple) or not env_ids:
             raise ValueError(f"ScenarioCycle env_ids must be a non-empty list of env ids, got {env_ids!r}")
+        if isinstance(first_env_steps, bool) or not isinstance(first_env_steps, numbers.Integral) or first_env_steps < 0:
+            raise ValueError(f"ScenarioCycle first_env_steps must be an integer >= 0, got {first_env_steps!r}")
+        self.first_env_steps: int = int(first_env_steps)
+        #: steps taken so far, over all envs
+        self.steps: int = 0
         self._envs: list[gym.Env] = [env]
         for entry in env_ids:
-            env_id, own_kwargs = _cycle_entry(entry)
+            env_id, own_kwargs = cycle_entry(entry)
             other = gym.make(env_id, **{**(env_kwargs or {}), **own_kwargs})
             self._envs.append(other)
             if other.observation_space != env.observation_space or other.action_space != env.action_space:
                 self.close()
                 raise ValueError(f"ScenarioCycle: {env_id} has other spaces than {env.spec.id if env.spec else env}")
-        self._index = -1
-        self._seeded = False
+        self._index: int = -1
+        self._seeded: bool = False
 
     @property
     def env_index(self) -> int:
         """Index (in ``[env, *env_ids]``) of the env of the current episode."""
         return self._index
 
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the current env (and count the step for ``first_env_steps``)."""
+        self.steps += 1
+        return self.env.step(action)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """Move to the next env and reset it (the first seeded reset seeds all of them)."""
-        self._index = (self._index + 1) % len(self._envs)
+        """Move to the next env and reset it (the first seeded reset seeds all of them).
+
+        Before ``first_env_steps`` steps, the "next" env is ``env`` again; the first reset after them moves to the
+        second env, so the cycle starts where the curriculum ends.
+        """
+        curriculum = self.steps < self.first_env_steps
+        self._index = 0 if curriculum else (self._index + 1) % len(self._envs)
         self.env = self._envs[self._index]
         if seed is not None and not self._seeded:
             self._seeded = True
@@ -296,7 +320,7 @@ class ScenarioCycle(gym.Wrapper):
             env.close()
 
 
-def _cycle_entry(entry: Any) -> tuple[str, dict[str, Any]]:
+def cycle_entry(entry: Any) -> tuple[str, dict[str, Any]]:
     """A :class:`ScenarioCycle` entry as ``(env id, its own env kwargs)``; a clear error for anything else."""
     if isinstance(entry, str):
         return entry, {}
