@@ -621,6 +621,17 @@ class StandinActor(ActorDescription):
         return self._server._destroy(self._id)
 
 
+#: a car's box as CARLA reports it (about a Lincoln MKZ): half sizes (m) and the box centre relative to the actor's
+#: origin (a little ahead of it and above the ground)
+CAR_BOX_EXTENT = (2.2, 0.95, 0.75)
+CAR_BOX_OFFSET = (0.1, 0.0, 0.75)
+
+
+def car_bounding_box() -> Any:
+    """Every stand-in car's ``bounding_box`` (a real ``carla.BoundingBox``; part of the actor's description)."""
+    return carla.BoundingBox(carla.Location(*CAR_BOX_OFFSET), carla.Vector3D(*CAR_BOX_EXTENT))
+
+
 class StandinVehicle(StandinActor):
     _REAL = carla.Vehicle
 
@@ -628,6 +639,10 @@ class StandinVehicle(StandinActor):
         super().__init__(*args)
         self.speed = 0.0
         self.control: Any = None
+
+    @property
+    def bounding_box(self) -> Any:
+        return car_bounding_box()
 
     def get_velocity(self) -> Any:
         f = self._transform.get_forward_vector()

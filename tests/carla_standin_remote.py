@@ -245,6 +245,11 @@ class RemoteActor(cs.ActorDescription):
 class RemoteVehicle(RemoteActor):
     _REAL = carla.Vehicle
 
+    @property
+    def bounding_box(self) -> Any:
+        """From the actor's description, which the client keeps (no request, as in LibCarla)."""
+        return cs.car_bounding_box()
+
     def get_velocity(self) -> Any:
         return self._session.call(("actor", self._id), "get_velocity")
 

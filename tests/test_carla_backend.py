@@ -134,6 +134,87 @@ def test_route_follows_the_real_map(net):
     backend.close()
 
 
+def _outline_distance(a, b) -> float:
+    """The distance between two actors' boxes seen from above, by brute force on points along their outlines (CARLA's
+    own ``BoundingBox.get_world_vertices``; 1 cm apart), independent of the backend's separating-axis maths."""
+
+    def outline(actor) -> np.ndarray:
+        vertices = np.array([[v.x, v.y, v.z] for v in actor.bounding_box.get_world_vertices(actor.get_transform())])
+        bottom = vertices[vertices[:, 2] < vertices[:, 2].mean(), :2]  # the four below the box's centre
+        centre = bottom.mean(axis=0)
+        corners = bottom[np.argsort(np.arctan2(*(bottom - centre).T[::-1]))]  # around the box
+        edges = zip(corners, np.roll(corners, -1, axis=0), strict=True)
+        return np.concatenate([np.linspace(p, q, int(np.hypot(*(q - p)) * 100) + 2) for p, q in edges])
+
+    pa, pb = outline(a), outline(b)
+    return float(np.min(np.hypot(pa[:, None, 0] - pb[None, :, 0], pa[:, None, 1] - pb[None, :, 1])))
+
+
+def test_leader_and_clearance_are_reported_as_on_lite(net):
+    """``lead_distance_m`` / ``lead_speed_ms`` / ``clearance_m`` from the actors' boxes and the last tick's transforms:
+    an NPC 20 m ahead on the route lane leads, bumper to bumper; one beside the ego in the other lane is the nearest
+    box but no leader; one behind the ego leads nothing."""
+    net.add()
+    backend = _backend(net, npc_vehicles=3)
+    backend.reset(seed=0)
+    ahead, beside, behind = backend._npcs
+    start = backend._route_waypoints[0]
+    ego_tf = backend._ego.get_transform()
+
+    def place(npc: cs.StandinVehicle, waypoint, speed: float = 0.0) -> None:
+        npc._transform = carla.Transform(waypoint.transform.location, waypoint.transform.rotation)
+        npc.speed = speed
+
+    place(ahead, start.next(20.0)[0], speed=3.0)
+    place(beside, start.get_left_lane())  # Town01: the other direction's lane, 4 m to the left
+    place(behind, start.previous(15.0)[0])
+    extra = backend.step(0.0, 0.0, 1.0).extra
+    half_length, half_width = cs.CAR_BOX_EXTENT[:2]
+    # the road is straight there and both boxes sit 0.1 m ahead of their origins: the gap is the origins' distance
+    # less the two half lengths
+    origins = ahead.get_transform().location.distance(ego_tf.location)
+    assert extra["lead_distance_m"] == pytest.approx(origins - 2 * half_length, abs=0.02)
+    assert extra["lead_distance_m"] == pytest.approx(20.0 - 2 * half_length, abs=0.3)
+    assert extra["lead_speed_ms"] == pytest.approx(3.0)
+    # side by side, facing each other's way: the gap between the lanes' centres less the two half widths
+    d, f = beside.get_transform().location - ego_tf.location, ego_tf.get_forward_vector()
+    lateral = abs(d.x * f.y - d.y * f.x)  # across the (parallel) lanes
+    assert extra["clearance_m"] == pytest.approx(lateral - 2 * half_width, abs=0.02)
+    assert extra["clearance_m"] == pytest.approx(_outline_distance(backend._ego, beside), abs=0.02)
+    assert extra["clearance_m"] == pytest.approx(4.0 - 2 * half_width, abs=0.1)
+    place(beside, start.get_left_lane().next(60.0)[0])
+    extra = backend.step(0.0, 0.0, 1.0).extra  # the nearest box is now the one 15 m behind: no leader, but near
+    # that NPC stands on the curve before the start (turned by 18 degrees): against the boxes' outlines
+    assert extra["clearance_m"] == pytest.approx(_outline_distance(backend._ego, behind), abs=0.02)
+    assert extra["lead_distance_m"] == pytest.approx(origins - 2 * half_length, abs=0.02)
+
+    place(ahead, start.next(150.0)[0])  # beyond the 100 m range
+    place(beside, start.get_left_lane().next(60.0)[0])  # that lane runs the other way: 60 m behind
+    place(behind, start.previous(40.0)[0])  # no NPC within 20 m now
+    extra = backend.step(0.0, 0.0, 1.0).extra
+    assert extra["lead_distance_m"] is None and extra["lead_speed_ms"] is None and extra["clearance_m"] is None
+    backend.close()
+
+
+def test_headway_penalty_and_the_pid_acc_run_on_carla(net):
+    """The CARLA env reports the keys HeadwayPenalty and the PID's ACC read: no 'backend does not report' error."""
+    from sb3_av.baselines import PIDPurePursuit
+    from sb3_av.envs.wrappers import ClearancePenalty, HeadwayPenalty
+
+    net.add()
+    carla_env = make_carla_env(
+        "CarlaScenario0", client_factory=net.client_factory, carla_module=cs.standin_carla, npc_vehicles=2, max_steps=5
+    )
+    env = ClearancePenalty(HeadwayPenalty(carla_env))
+    obs, info = env.reset(seed=0)
+    pid = PIDPurePursuit.from_env(env)
+    for _ in range(3):
+        obs, _, _, _, info = env.step(pid.act(obs, info))
+        assert {"lead_distance_m", "lead_speed_ms", "clearance_m"} <= set(info["backend"])
+        assert {"headway", "clearance"} <= set(info["reward_terms"])
+    env.close()
+
+
 # ---------------------------------------------------------------------------------------------- images and frames
 def test_bgra_to_gray():
     raw = np.zeros((2, 3, 4), np.uint8)

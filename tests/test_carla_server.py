@@ -123,6 +123,36 @@ def test_the_scenario_route_is_town01s_route_planned_offline(client):
     assert _ours(client) == []
 
 
+def test_the_leader_and_clearance_match_the_servers_actors(client):
+    """On a real server (real bounding boxes, TM-driven NPCs): every frame's clearance equals the distance between
+    the ego's and the nearest NPC's boxes from CARLA's own vertices, and a leader is an NPC on the route lane ahead."""
+    from sb3_av.envs.carla import make_carla_env
+    from tests.test_carla_backend import _outline_distance
+
+    env = make_carla_env("CarlaScenario2", host=HOST, port=PORT, max_steps=200, worker=False)
+    try:
+        obs, info = env.reset(seed=3)
+        backend = env.backend
+        seen_near = seen_leader = 0
+        for _ in range(200):
+            obs, _, terminated, truncated, info = env.step(np.array([_steer_to_route(obs), 0.3], dtype=np.float32))
+            extra = info["backend"]
+            npcs = [npc for npc in backend._npcs if npc.is_alive]
+            ego = backend._ego
+            near = [n for n in npcs if n.get_location().distance(ego.get_location()) < 20.0]
+            if near:
+                seen_near += 1
+                assert extra["clearance_m"] == pytest.approx(min(_outline_distance(ego, n) for n in near), abs=0.05)
+            if extra["lead_distance_m"] is not None:
+                seen_leader += 1
+                assert 0.0 <= extra["lead_distance_m"] < 100.0 and extra["lead_speed_ms"] >= 0.0
+            if terminated or truncated:
+                break
+        assert seen_near > 0  # 100 NPCs on Town01: some come within 20 m in 10 s
+    finally:
+        env.close()
+
+
 def test_server_version_matches_the_client(client):
     assert client.get_server_version().split("-")[0] == client.get_client_version().split("-")[0] == "0.9.16"
 

@@ -362,7 +362,7 @@ def test_clearance_is_the_distance_between_the_boxes_of_the_ego_and_the_nearest_
 
 
 def test_box_distances_on_boxes_measured_by_hand() -> None:
-    from sb3_av.envs.lite.backend import box_distances
+    from sb3_av.envs.geometry import box_distances
 
     ego = np.array([0.0, 0.0, 0.0, 5.0, 2.0])  # 5 m x 2 m at the origin, heading +x
     boxes = np.array(

@@ -47,7 +47,7 @@ def _backend_value(info: dict[str, Any], key: str, need: str) -> Any:
     backend = info.get("backend", {})
     if key not in backend:
         raise ValueError(
-            f"{need} in info['backend'][{key!r}], which this backend does not report (the Lite backend does); "
+            f"{need} in info['backend'][{key!r}], which this backend does not report (the Lite and CARLA backends do); "
             f"backend info keys: {sorted(backend)}"
         )
     return backend[key]

@@ -39,6 +39,8 @@ from sb3_av.envs.carla.errors import CARLA_VERSION, CarlaBackendError, CarlaConn
 from sb3_av.envs.carla.route import build_route, carla_to_world_xy, carla_to_world_yaw, route_spec, world_to_carla_steer
 from sb3_av.envs.carla.route import CarlaRouteError, RouteStart, spawn_transform, start_waypoint
 from sb3_av.envs.carla.sensors import EventQueue, FrameQueue, bgra_to_gray, bgra_to_rgb
+from sb3_av.envs.carla.traffic import footprint, forward_speed, route_traffic
+from sb3_av.envs.route import Route
 
 __all__ = ["CarlaBackend", "import_carla"]
 
@@ -132,11 +134,14 @@ class CarlaBackend(DrivingBackend):
         self._route_generation = -1
         self._route_waypoints: list[Any] = []
         self._route: RouteSpec | None = None
+        self._route_line: Route | None = None  # the route as a polyline, for the leader on it
+        self._ego_s: float | None = None  # the ego's arc length on the route at the last frame (None: search it all)
         self._start_transform: Any = None
         # this episode's actors (ids recorded as soon as spawned)
         self._sensors: list[Any] = []
         self._ego: Any = None
         self._npc_ids: list[int] = []
+        self._npcs: list[Any] = []  # their actor handles, for the leader and clearance of each frame
         self._dirty = False  # a cleanup failed: sweep by tag when the server is back
         self._camera = FrameQueue("camera")
         self._chase = FrameQueue("chase camera")
@@ -263,6 +268,7 @@ class CarlaBackend(DrivingBackend):
         self._episode_ready = False
         self._stage = "destroying the previous episode's actors"
         self._destroy_episode()
+        self._ego_s = None
         if self._swept_generation != conn.generation:
             self._stage = "removing actors that a dead run left with this env's TM port"
             self._sweep_tagged(self.tm_prefix)
@@ -428,8 +434,20 @@ class CarlaBackend(DrivingBackend):
                 "npc_vehicles": len(self._npc_ids),
                 "stale_images_dropped": self._camera.stale_dropped,
                 "restarts": self.restarts,
+                **self._traffic(),
             },
         )
+
+    def _traffic(self) -> dict[str, Any]:
+        """The leader on the route lane and the nearest NPC's clearance (:func:`~sb3_av.envs.carla.traffic.route_traffic`)."""
+        assert self._route_line is not None
+        ego = footprint(self._ego)
+        # the box centre's arc length, as the NPCs' (an actor's origin need not be its box centre)
+        self._ego_s = self._route_line.project(ego[0], ego[1], s_hint=self._ego_s).s
+        npcs = [npc for npc in self._npcs if npc.is_alive]
+        boxes = np.array([footprint(npc) for npc in npcs]).reshape(-1, 5)
+        speeds = np.array([forward_speed(npc) for npc in npcs])
+        return route_traffic(self._route_line, self._ego_s, ego, boxes, speeds)
 
     def _ensure_route(self) -> None:
         """Build the route once per connection (the map is fixed while connected)."""
@@ -459,6 +477,7 @@ class CarlaBackend(DrivingBackend):
                 "(env kwargs route_start=(road, lane, s) or route_start_index, and junction_choices)"
             ) from exc
         self._route = route_spec(self._route_waypoints)
+        self._route_line = Route(self._route.points, self._route.half_lane_width_m)
         self._start_transform = start
         self._route_generation = conn.generation
 
@@ -508,6 +527,8 @@ class CarlaBackend(DrivingBackend):
         autopilot = [cmd.SetAutopilot(actor_id, True, tm_port) for actor_id in self._npc_ids]
         if autopilot:
             self.conn.client.apply_batch_sync(autopilot, False)
+            # one request for the handles; their transforms and velocities then come with every tick
+            self._npcs = list(self.conn.world.get_actors(self._npc_ids))
 
     # ------------------------------------------------------------------ cleanup (own actors only)
     def _destroy_episode(self) -> None:
@@ -520,7 +541,7 @@ class CarlaBackend(DrivingBackend):
             if sensor.is_listening():
                 sensor.stop()
         ids = [s.id for s in sensors] + ([ego.id] if ego is not None else []) + list(npcs)
-        self._sensors, self._ego, self._npc_ids = [], None, []
+        self._sensors, self._ego, self._npc_ids, self._npcs = [], None, [], []
         was_dirty, self._dirty = self._dirty, True  # if the batch fails, only the tag still knows these actors
         self.conn.client.apply_batch_sync([self._carla.command.DestroyActor(i) for i in ids], False)
         self._dirty = was_dirty
@@ -555,7 +576,7 @@ class CarlaBackend(DrivingBackend):
                 )
             finally:
                 client.set_timeout(self.config.timeout_s)
-        self._sensors, self._ego, self._npc_ids = [], None, []
+        self._sensors, self._ego, self._npc_ids, self._npcs = [], None, [], []
 
     def _sweep_tagged(self, prefix: str | None = None) -> None:
         """Destroy every actor whose ``role_name`` starts with ``prefix`` (default: this env's tag), sensors first.
