@@ -76,7 +76,7 @@ def test_camera_is_heading_up_with_left_on_the_left() -> None:
     c, s = math.cos(ego.heading), math.sin(ego.heading)
     npc.position = ego.position + 10.0 * np.array([c, s]) + 4.0 * np.array([-s, c])  # 10 m ahead, 4 m left
     npc.heading = ego.heading
-    frame = backend._frame(collision=False)
+    frame = backend._frame(backend._npc_boxes(), collision=False)
     rows, cols = np.nonzero(frame.image == 255)
     assert len(rows) > 10
     assert cols.mean() < 42 - 4 and rows.mean() < 63 - 10  # left of and above the ego (row 63, col 42)

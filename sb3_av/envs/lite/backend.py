@@ -368,7 +368,7 @@ class LiteBackend(DrivingBackend):
         self._npcs = self._spawn_npcs(rng)
         self._hw_road.vehicles = [self._ego, *self._npcs]
         self._steps = 0
-        return self._frame(collision=False)
+        return self._frame(self._npc_boxes(), collision=False)
 
     def _spawn_npcs(self, rng: np.random.Generator) -> list[_Npc]:
         occupied: list[list[float]] = [[] for _ in range(self.road.n_lanes)]
@@ -426,7 +426,8 @@ class LiteBackend(DrivingBackend):
             npc.update_chain_position()
         self._update_ego_chain_position()
         self._steps += 1
-        return self._frame(collision=self._ego_collides())
+        boxes = self._npc_boxes()
+        return self._frame(boxes, collision=self._ego_collides(boxes))
 
     def close(self) -> None:
         """Drop the world (idempotent)."""
@@ -520,23 +521,27 @@ class LiteBackend(DrivingBackend):
             if npc.changing_lane:
                 npc.update_chain_position()
 
-    def _ego_collides(self) -> bool:
+    def _npc_boxes(self) -> np.ndarray:
+        """The NPCs' boxes ``(N, 5)``: ``[x, y, heading, length, width]``, built once a step for the collision
+        check, the camera and ``clearance_m``."""
+        return np.array([[n.position[0], n.position[1], n.heading, n.LENGTH, n.WIDTH] for n in self._npcs]).reshape(-1, 5)
+
+    def _ego_collides(self, boxes: np.ndarray) -> bool:
+        """highway-env's polygon test against the NPCs whose centre is within reach of the ego (``boxes`` from
+        :meth:`_npc_boxes`)."""
         assert self._ego is not None
         ego = self._ego
-        if not self._npcs:
-            return False
-        positions = np.array([npc.position for npc in self._npcs])
-        dist = np.hypot(positions[:, 0] - ego.position[0], positions[:, 1] - ego.position[1])
+        dist = np.hypot(boxes[:, 0] - ego.position[0], boxes[:, 1] - ego.position[1])
         for j in np.flatnonzero(dist < ego.diagonal + 1.0):
             npc = self._npcs[j]
             if hw_utils.are_polygons_intersecting(ego.polygon(), npc.polygon(), np.zeros(2), np.zeros(2))[0]:
                 return True
         return False
 
-    def _frame(self, collision: bool) -> Frame:
+    def _frame(self, boxes: np.ndarray, collision: bool) -> Frame:
+        """The observation of this step; ``boxes`` the NPCs' from :meth:`_npc_boxes`."""
         assert self._ego is not None
         ego = self._ego
-        boxes = np.array([[n.position[0], n.position[1], n.heading, n.LENGTH, n.WIDTH] for n in self._npcs]).reshape(-1, 5)
         image = self.camera.render(
             float(ego.position[0]), float(ego.position[1]), float(ego.heading), boxes, (ego.LENGTH, ego.WIDTH)
         )
@@ -548,7 +553,7 @@ class LiteBackend(DrivingBackend):
         extra: dict[str, Any] = {
             "lead_distance_m": lead[0],
             "lead_speed_ms": lead[1],
-            "clearance_m": self._clearance(),
+            "clearance_m": self._clearance(boxes),
             "npc_vehicles": len(self._npcs),
             "route_lane_lateral_m": self._ego_lat,
         }
@@ -564,27 +569,24 @@ class LiteBackend(DrivingBackend):
             extra=extra,
         )
 
-    def _clearance(self) -> float | None:
+    def _clearance(self, boxes: np.ndarray) -> float | None:
         """Distance (m) between the ego's box and the nearest NPC's box (0 when they overlap); None when no NPC is
-        within :data:`_CLEARANCE_RANGE_M` centre to centre. See :func:`box_distances`."""
+        within :data:`_CLEARANCE_RANGE_M` centre to centre. ``boxes``: the NPCs', from :meth:`_npc_boxes`. See
+        :func:`box_distances`."""
         assert self._ego is not None
         ego = self._ego
-        if not self._npcs:
+        if not len(boxes):
             return None
-        positions = np.array([npc.position for npc in self._npcs])
-        centres = np.hypot(*(positions - np.asarray(ego.position)).T)
+        centres = np.hypot(boxes[:, 0] - ego.position[0], boxes[:, 1] - ego.position[1])
         # A box distance lies in [centre distance - half the two diagonals, centre distance]: only the NPCs whose
         # lower bound is within the smallest centre distance can be the nearest (usually one to three).
-        radii = np.array([npc.diagonal for npc in self._npcs]) / 2 + ego.diagonal / 2
+        radii = np.hypot(boxes[:, 3], boxes[:, 4]) / 2 + ego.diagonal / 2
         nearest = float(centres.min())
         if nearest >= _CLEARANCE_RANGE_M:
             return None
         near = np.flatnonzero(centres - radii <= nearest)
-        boxes = np.array(
-            [[*self._npcs[j].position, self._npcs[j].heading, self._npcs[j].LENGTH, self._npcs[j].WIDTH] for j in near]
-        )
         ego_box = np.array([*ego.position, ego.heading, ego.LENGTH, ego.WIDTH])
-        return float(np.min(box_distances(ego_box, boxes)))
+        return float(np.min(box_distances(ego_box, boxes[near])))
 
     def _route_leader(self) -> tuple[float | None, float | None]:
         """Bumper-to-bumper distance (m) and speed (m/s) of the nearest NPC ahead on the route lane."""
