@@ -106,6 +106,9 @@ RECOMMENDED: dict[str, Any] = {
     # the curve evaluations (and the snapshot --keep-best keeps) drive --env and the cycle's scenarios in turn, each on
     # its plain env with the entry's own kwargs; False: --env alone
     "curve_on_cycle": False,
+    # simulation steps driven by the PID baseline (PIDPurePursuit, with the learner's action noise) instead of SB3's
+    # uniform random warm-up actions; training still starts at learning_starts (sb3_av.warmup); 0 = off
+    "pid_warmup": 0,
     "image_augmentation": None,
     "augmentation_pad": 4,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
@@ -379,6 +382,8 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     train_env = _training_env(args, settings, action_repeat)
     train_env = Monitor(train_env)
     model = factory(train_env, seed, args)
+    if settings is not None and settings["pid_warmup"]:
+        model.set_warmup_controller(PIDPurePursuit.from_env(train_env), settings["pid_warmup"] // action_repeat)
     keep_top = args.select_top if args.select_episodes else 1
     average = None
     if settings is not None and settings["policy_average_decay"] is not None:
@@ -772,6 +777,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     cycle_after = args.overrides.get("cycle_after", 0)
     if isinstance(cycle_after, bool) or not isinstance(cycle_after, int) or cycle_after < 0:
         parser.error(f"--set: cycle_after must be an integer number of simulation steps >= 0, got {cycle_after!r}")
+    pid_warmup = args.overrides.get("pid_warmup", 0)
+    if isinstance(pid_warmup, bool) or not isinstance(pid_warmup, int) or pid_warmup < 0:
+        parser.error(f"--set: pid_warmup must be an integer number of simulation steps >= 0, got {pid_warmup!r}")
     if not isinstance(args.overrides.get("curve_on_cycle", False), bool):
         parser.error(f"--set: curve_on_cycle must be true or false, got {args.overrides['curve_on_cycle']!r}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):

@@ -129,9 +129,7 @@ def evaluate_pid(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, seed:
     """The PID + pure-pursuit baseline on ``env_id`` with ``env_kwargs`` (its control period: dt x action_repeat)."""
     env = gym.make(env_id, **env_kwargs)
     try:
-        config = env.unwrapped.config  # type: ignore[attr-defined]
-        controller = PIDPurePursuit.from_env(env, dt=config.dt * config.action_repeat)
-        return evaluate(controller, env, n_episodes, seed=seed)
+        return evaluate(PIDPurePursuit.from_env(env), env, n_episodes, seed=seed)
     finally:
         env.close()
 

@@ -108,7 +108,8 @@ class PIDPurePursuit:
 
     @classmethod
     def from_env(cls, env: gym.Env, **kwargs: Any) -> PIDPurePursuit:
-        """A controller for an env: target speed, dt and (for Lite) steering geometry read from the env.
+        """A controller for an env: target speed, control period (the env's ``dt`` x ``action_repeat``: one
+        ``step()``) and (for Lite) steering geometry read from the env.
 
         :param env: a driving env, possibly wrapped.
         :param kwargs: overrides of the constructor's arguments.
@@ -119,7 +120,7 @@ class PIDPurePursuit:
         settings: dict[str, Any] = {}
         if config is not None:
             settings["target_speed_ms"] = config.target_speed_ms
-            settings["dt"] = config.dt
+            settings["dt"] = config.dt * getattr(config, "action_repeat", 1)
         if backend is not None and hasattr(backend, "max_steer_rad"):
             settings["max_steer_rad"] = backend.max_steer_rad
         settings.update(kwargs)

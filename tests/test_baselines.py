@@ -68,7 +68,7 @@ def test_bad_settings() -> None:
 def test_baseline_completes_lite_scenario0_in_most_seeds() -> None:
     env = gym.make("LiteScenario0-v0")
     ctl = PIDPurePursuit.from_env(env)
-    assert ctl.target_speed_ms == 8.0 and ctl.max_steer_rad == 0.5
+    assert ctl.target_speed_ms == 8.0 and ctl.max_steer_rad == 0.5 and ctl.dt == 0.05
     successes = 0
     for seed in range(5):
         obs, info = env.reset(seed=seed)
@@ -80,3 +80,9 @@ def test_baseline_completes_lite_scenario0_in_most_seeds() -> None:
                 break
         successes += int(info["is_success"])
     assert successes >= 4
+
+
+def test_from_env_controls_at_the_agent_period_of_an_action_repeat() -> None:
+    env = gym.make("LiteScenario0-v0", action_repeat=3)
+    assert PIDPurePursuit.from_env(env).dt == pytest.approx(0.15)  # one step() = 3 simulation steps of 0.05 s
+    assert PIDPurePursuit.from_env(env, dt=0.05).dt == 0.05  # an explicit dt wins

@@ -71,6 +71,22 @@ def test_action_repeat_counts_simulation_steps_and_keeps_the_compute_budget(lear
 
 
 @pytest.mark.slow
+def test_pid_warmup_drives_the_first_episodes(learning, tmp_path):
+    """``pid_warmup`` (simulation steps) = the PID drives that many agent steps / action_repeat: the first training
+    episodes (120 simulation steps each, tiny) complete their route share without a crash, where SB3's random warm-up
+    actions hardly move the car."""
+    argv = ["--tiny", "--budget", "480", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "0", "--configs", "sb3av"]
+    routes = {}
+    for warmup in (0, 240):
+        out = tmp_path / f"learning_{warmup}.json"
+        learning.main([*argv, "--out", str(out), "--set", json.dumps({"pid_warmup": warmup})])
+        (run,) = json.loads(out.read_text())["rows"][0]["runs"]
+        routes[warmup] = [route for step, _, route, _ in run["train_episodes"] if step <= 240]
+    assert len(routes[240]) == 2 and len(routes[0]) == 2  # two 120-step episodes in the first 240 steps
+    assert min(routes[240]) > 2 * max(routes[0])
+
+
+@pytest.mark.slow
 def test_eval_envs_and_keep_best_report_the_best_snapshot_on_every_env(learning, tmp_path, capsys):
     """Each learner and the PID are evaluated on every --eval-envs id; with --keep-best the reported policy is the
     snapshot of the best curve evaluation (the final one when that is the best)."""
@@ -174,6 +190,8 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"cycle_after": -1}'], "cycle_after must be an integer number of simulation steps >= 0"),
         (["--set", '{"cycle_after": 1.5}'], "cycle_after must be an integer number of simulation steps >= 0"),
         (["--set", '{"curve_on_cycle": "yes"}'], "curve_on_cycle must be true or false"),
+        (["--set", '{"pid_warmup": -2}'], "pid_warmup must be an integer number of simulation steps >= 0"),
+        (["--set", '{"pid_warmup": true}'], "pid_warmup must be an integer number of simulation steps >= 0"),
         (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
     ],
 )

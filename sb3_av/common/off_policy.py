@@ -3,20 +3,26 @@
 :class:`ClippedOffPolicyMixin` goes before the SB3 class in the bases (``class ClippedTD3(ClippedOffPolicyMixin,
 TD3)``). Its ``_setup_model`` picks sb3-av's frame-stack replay buffer where SB3 would pick its ``DictReplayBuffer``
 for stacked uint8 images (:meth:`ClippedOffPolicyMixin._lean_replay_buffer`), runs SB3's ``_setup_model`` and
-builds the gradient clippers from the host's actor and critic.
+builds the gradient clippers from the host's actor and critic. It also lets a classical controller drive the first
+steps instead of SB3's uniform random actions (:meth:`ClippedOffPolicyMixin.set_warmup_controller`,
+:mod:`sb3_av.warmup`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import is_image_space_channels_first
 
 from sb3_av.buffers import default_replay_buffer_for
 from sb3_av.clipping import GradClipMixin
+from sb3_av.warmup import ControllerWarmup, WarmupController
 
 __all__ = ["ClippedOffPolicyMixin"]
 
@@ -34,6 +40,56 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
     The host provides :meth:`_clipped_networks` (its actor and critic, each with its optimizer) and sets
     ``max_grad_norms`` before ``_setup_model``.
     """
+
+    #: env steps (``num_timesteps``) during which the warm-up controller acts; 0 = none (SB3's warm-up)
+    warmup_steps: int = 0
+    _warmup: ControllerWarmup | None = None
+
+    def set_warmup_controller(self, controller: WarmupController | None, steps: int) -> None:
+        """Let ``controller`` choose the actions of the first ``steps`` env steps (counted in ``num_timesteps``, as
+        ``learning_starts``), with the algorithm's ``action_noise`` added as to the policy's actions; SB3's uniform
+        random actions are not used. Training still starts at ``learning_starts``. See :mod:`sb3_av.warmup`.
+
+        Not saved with the model: a loaded model has no warm-up controller (its steps are behind it).
+
+        :param controller: an object with ``act(observation, info)`` and ``reset()``, e.g.
+            :class:`~sb3_av.baselines.PIDPurePursuit` (copied once per env); None removes the warm-up.
+        :param steps: the number of env steps it drives, >= 0.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+            raise ValueError(f"warm-up steps must be an integer >= 0, got {steps!r}")
+        if controller is not None and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(f"a warm-up controller needs a Box action space, got {self.action_space}")
+        self._warmup = None if controller is None else ControllerWarmup(controller, self.n_envs)
+        self.warmup_steps = int(steps) if controller is not None else 0
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._warmup is None or self.num_timesteps >= self.warmup_steps:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        assert self._last_obs is not None, "self._last_obs was not set"
+        observations = self._last_obs
+        if self._vec_normalize_env is not None:  # the controller reads the env's own observation
+            observations = self._vec_normalize_env.unnormalize_obs(observations)
+        # as SB3 does for the policy's action: scaled to [-1, 1], the noise added there and clipped
+        scaled_action = self.policy.scale_action(self._warmup.actions(observations))
+        if action_noise is not None:
+            scaled_action = np.clip(scaled_action + action_noise(), -1, 1)
+        return self.policy.unscale_action(scaled_action), scaled_action
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        if self._warmup is not None:
+            self._warmup.observe(infos, dones)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
 
     def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
         """The actor and the critic whose optimizer steps are clipped (available after SB3's ``_setup_model``)."""
@@ -73,4 +129,4 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         self.replay_buffer_kwargs = {**buffer_kwargs, **self.replay_buffer_kwargs}
 
     def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + self._grad_clip_excluded_params()
+        return super()._excluded_save_params() + self._grad_clip_excluded_params() + ["_warmup", "warmup_steps"]
