@@ -176,6 +176,7 @@ def test_leader_and_clearance_are_reported_as_on_lite(net):
     assert extra["lead_distance_m"] == pytest.approx(origins - 2 * half_length, abs=0.02)
     assert extra["lead_distance_m"] == pytest.approx(20.0 - 2 * half_length, abs=0.3)
     assert extra["lead_speed_ms"] == pytest.approx(3.0)
+    assert type(extra["lead_distance_m"]) is float and type(extra["clearance_m"]) is float  # plain numbers, as on Lite
     # side by side, facing each other's way: the gap between the lanes' centres less the two half widths
     d, f = beside.get_transform().location - ego_tf.location, ego_tf.get_forward_vector()
     lateral = abs(d.x * f.y - d.y * f.x)  # across the (parallel) lanes

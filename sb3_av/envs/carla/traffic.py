@@ -87,5 +87,5 @@ def route_traffic(route: Route, ego_s: float, ego: np.ndarray, npcs: np.ndarray,
         gap = proj.s - ego_s - half_lengths
         if -half_lengths < gap < LEAD_RANGE_M and (best is None or gap < best):
             best = gap
-            out["lead_distance_m"], out["lead_speed_ms"] = max(gap, 0.0), float(npc_speeds[j])
+            out["lead_distance_m"], out["lead_speed_ms"] = max(float(gap), 0.0), float(npc_speeds[j])
     return out
