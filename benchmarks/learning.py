@@ -17,6 +17,9 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   and evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
   0.9995}'`` evaluates, keeps and saves a moving average of the policy's weights
   (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse (README).
+  ``--set '{"pid_warmup": 6000}'`` lets the PID baseline drive the first 6000 simulation steps instead of SB3's
+  uniform random warm-up actions (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`);
+  it did not shorten the early phase of rear-ending the first slow NPC (README).
   Evaluation runs on the plain env otherwise (no reward wrappers: success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
