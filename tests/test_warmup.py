@@ -137,6 +137,8 @@ def test_the_warmup_is_not_saved_and_none_removes_it(tmp_path) -> None:
     assert loaded._warmup is None and loaded.warmup_steps == 0
     model.set_warmup_controller(None, 10)
     assert model._warmup is None and model.warmup_steps == 0
+    model.set_warmup_controller(TowardOrigin(), 0)  # no steps: no warm-up
+    assert model._warmup is None and model.warmup_steps == 0
 
 
 def test_a_pid_warmup_drives_lite_where_random_actions_hardly_move() -> None:

@@ -60,8 +60,9 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
             raise ValueError(f"warm-up steps must be an integer >= 0, got {steps!r}")
         if controller is not None and not isinstance(self.action_space, spaces.Box):
             raise ValueError(f"a warm-up controller needs a Box action space, got {self.action_space}")
-        self._warmup = None if controller is None else ControllerWarmup(controller, self.n_envs)
-        self.warmup_steps = int(steps) if controller is not None else 0
+        warmup = None if controller is None else ControllerWarmup(controller, self.n_envs)  # checks the controller
+        self._warmup = warmup if steps > 0 else None
+        self.warmup_steps = int(steps) if self._warmup is not None else 0
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
@@ -87,7 +88,8 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         dones: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        if self._warmup is not None:
+        # num_timesteps already counts this step: the controller acts next only below warmup_steps
+        if self._warmup is not None and self.num_timesteps < self.warmup_steps:
             self._warmup.observe(infos, dones)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
 
