@@ -61,6 +61,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
 
 import sb3_av  # noqa: F401  (registers the env ids)
+from sb3_av._checks import is_int
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.callbacks.weight_average import PolicyWeightAverage
@@ -777,12 +778,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             PolicyWeightAverage(args.overrides["policy_average_decay"])
         except ValueError as error:
             parser.error(f"--set: policy_average_decay: {error}")
-    cycle_after = args.overrides.get("cycle_after", 0)
-    if isinstance(cycle_after, bool) or not isinstance(cycle_after, int) or cycle_after < 0:
-        parser.error(f"--set: cycle_after must be an integer number of simulation steps >= 0, got {cycle_after!r}")
-    pid_warmup = args.overrides.get("pid_warmup", 0)
-    if isinstance(pid_warmup, bool) or not isinstance(pid_warmup, int) or pid_warmup < 0:
-        parser.error(f"--set: pid_warmup must be an integer number of simulation steps >= 0, got {pid_warmup!r}")
+    for key in ("cycle_after", "pid_warmup"):
+        steps = args.overrides.get(key, 0)
+        if not is_int(steps) or steps < 0:
+            parser.error(f"--set: {key} must be an integer number of simulation steps >= 0, got {steps!r}")
     if not isinstance(args.overrides.get("curve_on_cycle", False), bool):
         parser.error(f"--set: curve_on_cycle must be true or false, got {args.overrides['curve_on_cycle']!r}")
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):

@@ -20,6 +20,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import is_image_space_channels_first
 
+from sb3_av._checks import is_int
 from sb3_av.buffers import default_replay_buffer_for
 from sb3_av.clipping import GradClipMixin
 from sb3_av.warmup import ControllerWarmup, WarmupController
@@ -56,7 +57,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
             :class:`~sb3_av.baselines.PIDPurePursuit` (copied once per env); None removes the warm-up.
         :param steps: the number of env steps it drives, >= 0.
         """
-        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise ValueError(f"warm-up steps must be an integer >= 0, got {steps!r}")
         if controller is not None and not isinstance(self.action_space, spaces.Box):
             raise ValueError(f"a warm-up controller needs a Box action space, got {self.action_space}")

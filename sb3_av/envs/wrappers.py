@@ -22,12 +22,11 @@ Evaluate on the plain env: success, route completion and collisions do not depen
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
-from sb3_av._checks import non_negative_number, positive_number
+from sb3_av._checks import is_int, non_negative_number, positive_number
 
 __all__ = ["ClearancePenalty", "HeadwayPenalty", "JerkPenalty", "OverspeedPenalty", "ScaleReward", "ScenarioCycle"]
 
@@ -271,7 +270,7 @@ class ScenarioCycle(gym.Wrapper):
         super().__init__(env)
         if not isinstance(env_ids, list | tuple) or not env_ids:
             raise ValueError(f"ScenarioCycle env_ids must be a non-empty list of env ids, got {env_ids!r}")
-        if isinstance(first_env_steps, bool) or not isinstance(first_env_steps, numbers.Integral) or first_env_steps < 0:
+        if not is_int(first_env_steps) or first_env_steps < 0:
             raise ValueError(f"ScenarioCycle first_env_steps must be an integer >= 0, got {first_env_steps!r}")
         self.first_env_steps: int = int(first_env_steps)
         #: steps taken so far, over all envs
