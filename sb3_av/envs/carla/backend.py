@@ -445,8 +445,9 @@ class CarlaBackend(DrivingBackend):
         # the box centre's arc length, as the NPCs' (an actor's origin need not be its box centre)
         self._ego_s = self._route_line.project(ego[0], ego[1], s_hint=self._ego_s).s
         npcs = [npc for npc in self._npcs if npc.is_alive]
-        boxes = np.array([footprint(npc) for npc in npcs]).reshape(-1, 5)
-        speeds = np.array([forward_speed(npc) for npc in npcs])
+        transforms = [npc.get_transform() for npc in npcs]  # read once, for the box and the speed
+        boxes = np.array([footprint(npc, tf) for npc, tf in zip(npcs, transforms, strict=True)]).reshape(-1, 5)
+        speeds = np.array([forward_speed(npc, tf) for npc, tf in zip(npcs, transforms, strict=True)])
         return route_traffic(self._route_line, self._ego_s, ego, boxes, speeds)
 
     def _ensure_route(self) -> None:

@@ -35,12 +35,13 @@ LEAD_RANGE_M = 100.0
 CLEARANCE_RANGE_M = 20.0
 
 
-def footprint(actor: Any) -> np.ndarray:
+def footprint(actor: Any, tf: Any = None) -> np.ndarray:
     """An actor's footprint ``[x, y, heading, length, width]`` in the env's world frame (m, rad).
 
     :param actor: a ``carla.Actor`` with a ``bounding_box`` (its location relative to the actor's origin).
+    :param tf: its ``carla.Transform`` if already read this tick (else read here).
     """
-    tf = actor.get_transform()
+    tf = actor.get_transform() if tf is None else tf
     box = actor.bounding_box
     yaw = math.radians(tf.rotation.yaw)  # CARLA's frame: rotate the box's offset as CARLA does, then convert
     dx, dy = box.location.x, box.location.y
@@ -50,9 +51,13 @@ def footprint(actor: Any) -> np.ndarray:
     return np.array([x, y, carla_to_world_yaw(tf.rotation.yaw), 2.0 * box.extent.x, 2.0 * box.extent.y])
 
 
-def forward_speed(actor: Any) -> float:
-    """The actor's speed along its heading (m/s, >= 0), from the last tick's velocity."""
-    v, f = actor.get_velocity(), actor.get_transform().get_forward_vector()
+def forward_speed(actor: Any, tf: Any = None) -> float:
+    """The actor's speed along its heading (m/s, >= 0), from the last tick's velocity.
+
+    :param tf: its ``carla.Transform`` if already read this tick (else read here).
+    """
+    v = actor.get_velocity()
+    f = (actor.get_transform() if tf is None else tf).get_forward_vector()
     return max(v.x * f.x + v.y * f.y + v.z * f.z, 0.0)
 
 
