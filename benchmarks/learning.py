@@ -19,7 +19,10 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse (README).
   ``--set '{"pid_warmup": 6000}'`` lets the PID baseline drive the first 6000 simulation steps instead of SB3's
   uniform random warm-up actions (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`);
-  it did not shorten the early phase of rear-ending the first slow NPC (README).
+  it did not shorten the early phase of rear-ending the first slow NPC (README). ``--set '{"pid_teacher": 1.0}'``
+  labels every transition with the PID baseline's action and adds TD3+BC's behaviour-cloning term towards it, with
+  this weight, to the actor loss (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`, Q-filtered
+  unless ``"teacher_q_filter": false``).
   Evaluation runs on the plain env otherwise (no reward wrappers: success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
@@ -113,6 +116,10 @@ RECOMMENDED: dict[str, Any] = {
     # simulation steps driven by the PID baseline (PIDPurePursuit, with the learner's action noise) instead of SB3's
     # uniform random warm-up actions; training still starts at learning_starts (sb3_av.warmup); 0 = off
     "pid_warmup": 0,
+    # weight of a behaviour-cloning term towards the PID baseline's action on every transition (TD3+BC, sb3_av.teacher);
+    # 0 = off. Q-filtered (only where the critic rates the PID's action higher) unless teacher_q_filter is False
+    "pid_teacher": 0.0,
+    "teacher_q_filter": True,
     "image_augmentation": None,
     "augmentation_pad": 4,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
@@ -388,6 +395,8 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     model = factory(train_env, seed, args)
     if settings is not None and settings["pid_warmup"]:
         model.set_warmup_controller(PIDPurePursuit.from_env(train_env), settings["pid_warmup"] // action_repeat)
+    if settings is not None and settings["pid_teacher"]:
+        model.set_teacher(PIDPurePursuit.from_env(train_env), settings["pid_teacher"], settings["teacher_q_filter"])
     keep_top = args.select_top if args.select_episodes else 1
     average = None
     if settings is not None and settings["policy_average_decay"] is not None:
@@ -717,6 +726,36 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     }
 
 
+def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any]) -> None:
+    """Refuse ``--set`` keys and values that would fail later (``parser.error``: a message and exit code 2)."""
+    unknown = set(overrides) - set(RECOMMENDED)
+    if unknown:
+        parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
+    if "action_repeat" in overrides.get("env_kwargs", {}):
+        parser.error("--set: give action_repeat as its own key (it applies to the evaluation env too), not in env_kwargs")
+    if "learning_rate" in overrides:
+        try:
+            checked_learning_rate(overrides["learning_rate"])
+        except ValueError as error:
+            parser.error(f"--set: learning_rate: {error}")
+    if overrides.get("policy_average_decay") is not None:
+        try:
+            PolicyWeightAverage(overrides["policy_average_decay"])
+        except ValueError as error:
+            parser.error(f"--set: policy_average_decay: {error}")
+    for key in ("cycle_after", "pid_warmup"):
+        steps = overrides.get(key, 0)
+        if not is_int(steps) or steps < 0:
+            parser.error(f"--set: {key} must be an integer number of simulation steps >= 0, got {steps!r}")
+    teacher_weight = overrides.get("pid_teacher", 0.0)
+    if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, int | float) or not teacher_weight >= 0:
+        parser.error(f"--set: pid_teacher must be a number >= 0 (0 = off), got {teacher_weight!r}")
+    if not isinstance(overrides.get("teacher_q_filter", True), bool):
+        parser.error(f"--set: teacher_q_filter must be true or false, got {overrides['teacher_q_filter']!r}")
+    if not isinstance(overrides.get("curve_on_cycle", False), bool):
+        parser.error(f"--set: curve_on_cycle must be true or false, got {overrides['curve_on_cycle']!r}")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="LiteScenario0-v0", help="the training env (and the curve evaluations')")
@@ -763,27 +802,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--note", default=None, help="a note stored in the --out file (e.g. what else ran on the CPU)")
     args = parser.parse_args(argv)
     args.eval_envs = args.eval_envs or [args.env]
-    unknown = set(args.overrides) - set(RECOMMENDED)
-    if unknown:
-        parser.error(f"--set: unknown keys {sorted(unknown)}; valid: {sorted(RECOMMENDED)}")
-    if "action_repeat" in args.overrides.get("env_kwargs", {}):
-        parser.error("--set: give action_repeat as its own key (it applies to the evaluation env too), not in env_kwargs")
-    if "learning_rate" in args.overrides:
-        try:
-            checked_learning_rate(args.overrides["learning_rate"])
-        except ValueError as error:
-            parser.error(f"--set: learning_rate: {error}")
-    if args.overrides.get("policy_average_decay") is not None:
-        try:
-            PolicyWeightAverage(args.overrides["policy_average_decay"])
-        except ValueError as error:
-            parser.error(f"--set: policy_average_decay: {error}")
-    for key in ("cycle_after", "pid_warmup"):
-        steps = args.overrides.get(key, 0)
-        if not is_int(steps) or steps < 0:
-            parser.error(f"--set: {key} must be an integer number of simulation steps >= 0, got {steps!r}")
-    if not isinstance(args.overrides.get("curve_on_cycle", False), bool):
-        parser.error(f"--set: curve_on_cycle must be true or false, got {args.overrides['curve_on_cycle']!r}")
+    _check_overrides(parser, args.overrides)
     for name in ("budget", "eval_episodes", "curve_episodes", "train_freq", "gradient_steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -28,13 +28,17 @@ Other keys of the Dict space are stored by SB3's own ``DictReplayBuffer.add`` (`
 ``n_steps > 1`` gives n-step returns exactly as SB3's :class:`~stable_baselines3.common.buffers.NStepReplayBuffer`
 computes them for Box observations (SB3 has no Dict n-step buffer). Pass it explicitly: SB3 only sets up n-step
 returns itself when ``replay_buffer_class`` is None, so use ``replay_buffer_kwargs={"n_steps": n, "gamma": gamma}``.
+
+With :meth:`FrameStackDictReplayBuffer.keep_teacher_actions` the buffer also holds, per transition, the action a
+teacher (a classical controller, :mod:`sb3_av.teacher`) would have taken in that transition's ``obs``; the samples
+are then :class:`TeacherDictReplayBufferSamples` (SB3's fields plus ``teacher_actions``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch as th
@@ -44,11 +48,34 @@ from stable_baselines3.common.preprocessing import get_obs_shape
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-__all__ = ["DEFAULT_FRAME_RESERVE", "FrameRing", "FrameStackDictReplayBuffer", "default_replay_buffer_for"]
+__all__ = [
+    "DEFAULT_FRAME_RESERVE",
+    "FrameRing",
+    "FrameStackDictReplayBuffer",
+    "TeacherDictReplayBufferSamples",
+    "default_replay_buffer_for",
+]
 
 #: Default room for episode starts, as extra frames per stored transition (1/16: no growth while episodes
 #: average 16 steps or more; the ring grows, with a warning, for shorter ones).
 DEFAULT_FRAME_RESERVE = 1 / 16
+
+
+class TeacherDictReplayBufferSamples(NamedTuple):
+    """SB3's ``DictReplayBufferSamples`` (the same fields, in its order) plus the teacher's actions.
+
+    :param teacher_actions: ``(batch, action_dim)``, the teacher's action in each sampled ``obs``, scaled to [-1, 1]
+        as ``actions`` are; NaN rows where no teacher action was stored.
+    """
+
+    observations: Any
+    actions: th.Tensor
+    next_observations: Any
+    dones: th.Tensor
+    rewards: th.Tensor
+    discounts: th.Tensor | None = None
+    teacher_actions: th.Tensor | None = None
+
 
 #: The growth factor of the frame ring when a stream needs more room than it has.
 _GROWTH = 1.25
@@ -268,6 +295,22 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         self.obs_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
         self.next_frame_ids = np.zeros((self.buffer_size, self.n_envs, self.stack_size), dtype=np.int64)
 
+    #: per transition, the teacher's action in its ``obs`` (NaN: none); None until :meth:`keep_teacher_actions`
+    teacher_actions: np.ndarray | None = None
+
+    def keep_teacher_actions(self) -> None:
+        """Hold a teacher action per transition from now on (NaN for the transitions already stored); the samples
+        become :class:`TeacherDictReplayBufferSamples`. Costs ``action_dim`` float32 a transition."""
+        if self.teacher_actions is None:
+            self.teacher_actions = np.full((self.buffer_size, self.n_envs, self.action_dim), np.nan, dtype=np.float32)
+
+    def set_teacher_actions(self, row: int, actions: np.ndarray) -> None:
+        """Store the teacher's actions ``(n_envs, action_dim)`` (scaled to [-1, 1]) of the transitions in ``row``
+        (the row ``add()`` just wrote: ``pos`` before that call)."""
+        if self.teacher_actions is None:
+            raise RuntimeError("call keep_teacher_actions() before storing teacher actions")
+        self.teacher_actions[row] = np.asarray(actions, dtype=np.float32).reshape(self.n_envs, self.action_dim)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle (``load_replay_buffer``), also a buffer saved before the frames moved into :class:`FrameRing`
         (sb3-av before commit 800ae26 kept the ring's arrays and counters on the buffer itself, the same values)."""
@@ -298,6 +341,7 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
     def nbytes(self) -> int:
         """Bytes of every array the buffer holds (frames, pointers, other keys, actions, rewards, flags)."""
         arrays = [self.obs_frame_ids, self.next_frame_ids, self.actions, self.rewards, self.dones, self.timeouts]
+        arrays += [] if self.teacher_actions is None else [self.teacher_actions]
         arrays += [*self.observations.values(), *self.next_observations.values()]
         return self.ring.nbytes + int(sum(a.nbytes for a in arrays))
 
@@ -379,8 +423,19 @@ class FrameStackDictReplayBuffer(DictReplayBuffer):
         # Sample randomly the env idx (the same draw as SB3's DictReplayBuffer / NStepReplayBuffer)
         env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if self.n_steps > 1:
-            return self._get_n_step_samples(batch_inds, env_indices, env)
+            samples = self._get_n_step_samples(batch_inds, env_indices, env)
+        else:
+            samples = self._get_one_step_samples(batch_inds, env_indices, env)
+        if self.teacher_actions is None:
+            return samples
+        return TeacherDictReplayBufferSamples(  # type: ignore[return-value]
+            *samples, teacher_actions=self.to_torch(self.teacher_actions[batch_inds, env_indices])
+        )
 
+    def _get_one_step_samples(
+        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
+    ) -> DictReplayBufferSamples:
+        """One-step samples of the given rows and envs."""
         obs_ = self._normalize_obs(self._observation(self.obs_frame_ids, batch_inds, env_indices, nxt=False), env)
         next_obs_ = self._normalize_obs(self._observation(self.next_frame_ids, batch_inds, env_indices, nxt=True), env)
         assert isinstance(obs_, dict)

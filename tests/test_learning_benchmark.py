@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,9 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"pid_warmup": -2}'], "pid_warmup must be an integer number of simulation steps >= 0"),
         (["--set", '{"pid_warmup": true}'], "pid_warmup must be an integer number of simulation steps >= 0"),
         (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
+        (["--set", '{"pid_teacher": -1}'], "pid_teacher must be a number >= 0 (0 = off)"),
+        (["--set", '{"pid_teacher": true}'], "pid_teacher must be a number >= 0 (0 = off)"),
+        (["--set", '{"teacher_q_filter": 1}'], "teacher_q_filter must be true or false"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
@@ -296,3 +301,27 @@ def test_merge_reads_an_old_zero_average_decay_as_off(learning, tmp_path):
     new = _part(tmp_path, "new", [1], [0.9])
     result = learning.main(["--merge", str(old), str(new), "--out", str(tmp_path / "all.json")])
     assert result["rows"][0]["seeds"] == [0, 1] and result["recommended"]["policy_average_decay"] is None
+
+
+def test_pid_teacher_sets_the_pid_as_teacher_with_its_weight_and_filter(learning, tmp_path, monkeypatch):
+    """``pid_teacher`` (a weight) and ``teacher_q_filter`` reach ``set_teacher`` with the training env's PID; the
+    labels are stored from the first step."""
+    from sb3_av.baselines import PIDPurePursuit
+    from sb3_av.td3 import ClippedTD3
+
+    calls = []
+    original = ClippedTD3.set_teacher
+
+    def recording(model, controller, weight, q_filter=True):
+        calls.append((controller, weight, q_filter))
+        original(model, controller, weight, q_filter)
+        recording.model = model
+
+    monkeypatch.setattr(ClippedTD3, "set_teacher", recording)
+    argv = ["--tiny", "--budget", "120", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "0", "--configs", "sb3av"]
+    overrides = {"pid_teacher": 0.5, "teacher_q_filter": False}
+    learning.main([*argv, "--out", str(tmp_path / "l.json"), "--set", json.dumps(overrides)])
+    ((controller, weight, q_filter),) = calls
+    assert isinstance(controller, PIDPurePursuit) and weight == 0.5 and q_filter is False
+    labels = recording.model.replay_buffer.teacher_actions[:120, 0]
+    assert np.isfinite(labels).all() and np.abs(labels).max() <= 1.0

@@ -141,9 +141,20 @@ class TD3Heads:
 
     def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
         """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean."""
+        return self.actor_actions_and_q_values(batch)[1]
+
+    def actor_actions_and_q_values(self, batch: EncodedBatch) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's actions ``(batch, action_dim)`` and the first critic's Q-values ``(batch, 1)`` of them, as the
+        actor loss reads them (with gradient to the actor)."""
         policy = self.policy
+        actions = policy.actor(batch.observations)
         # SB3 annotates q1_forward's observations as a tensor; it takes a dict of tensors as forward() does
-        return policy.critic.q1_forward(batch.observations, policy.actor(batch.observations))  # type: ignore[arg-type]
+        return actions, policy.critic.q1_forward(batch.observations, actions)  # type: ignore[arg-type]
+
+    def first_q_values(self, batch: EncodedBatch, actions: th.Tensor) -> th.Tensor:
+        """The first critic's Q-values ``(batch, 1)`` of given actions, without gradient (the teacher's Q-filter)."""
+        with th.no_grad():
+            return self.policy.critic.q1_forward(batch.observations, actions)  # type: ignore[arg-type]
 
     def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Online and target parameters for the soft (Polyak) update, in matching order: the critic's, the actor's."""
@@ -182,12 +193,17 @@ class SharedEncoderHeads(TD3Heads):
         q_input = th.cat([batch.features, actions], dim=1)
         return tuple(q_net(q_input) for q_net in critic.q_networks)
 
-    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
+    def actor_actions_and_q_values(self, batch: EncodedBatch) -> tuple[th.Tensor, th.Tensor]:
         assert batch.features is not None
         features = batch.features.detach()
         actor = self.policy.actor
         actions = actor.smooth(batch.observations, actor.mu(features))
-        return self.policy.critic.q_networks[0](th.cat([features, actions], dim=1))
+        return actions, self.policy.critic.q_networks[0](th.cat([features, actions], dim=1))
+
+    def first_q_values(self, batch: EncodedBatch, actions: th.Tensor) -> th.Tensor:
+        assert batch.features is not None
+        with th.no_grad():
+            return self.policy.critic.q_networks[0](th.cat([batch.features, actions], dim=1))
 
     def target_update_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """The critic's parameters (with the one encoder), then the actor's head: each parameter exactly once."""

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.common.off_policy import ClippedOffPolicyMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
-from sb3_av.td3.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, TD3Heads, TD3Policy
+from sb3_av.td3.policies import CnnPolicy, EncodedBatch, MlpPolicy, MultiInputPolicy, TD3Heads, TD3Policy
+from sb3_av.teacher import teacher_actor_loss
 
 __all__ = ["ClippedDDPG", "ClippedTD3"]
 
@@ -45,6 +46,10 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
     The norms stay on the device; one host copy per ``train()`` call fills :attr:`grad_norms`, which
     :class:`sb3_av.callbacks.GradientMonitorCallback` logs and checks for explosions.
 
+    :meth:`set_teacher` adds TD3+BC's behaviour-cloning term towards a classical controller's actions (e.g. the PID
+    baseline's) to the actor loss, Q-filtered by default (:mod:`sb3_av.teacher`); ``train/teacher_bc`` and
+    ``train/teacher_cloned_share`` log it.
+
     A drop-in for SB3's TD3: ``"MultiInputPolicy"`` is SB3's on every Dict space but the driving one (see
     :class:`sb3_av.td3.policies.MultiInputPolicy`), and stacked uint8 images are stored by
     :class:`~sb3_av.buffers.FrameStackDictReplayBuffer` (SB3's samples, a fraction of the memory) unless
@@ -57,6 +62,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: TD3Policy
+    _trains_with_teacher = True
 
     def __init__(
         self,
@@ -146,6 +152,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         critic_losses: list[th.Tensor] = []
         critic_norms: list[tuple[int, StepNorms]] = []
         actor_norms: list[tuple[int, StepNorms]] = []
+        teacher_stats: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": []}
         assert self.replay_buffer is not None
         for _ in range(gradient_steps):
             self._n_updates += 1
@@ -172,7 +179,11 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             # Delayed policy updates
             if self._n_updates % self.policy_delay == 0:
                 # Compute actor loss
-                actor_loss = -heads.actor_q_values(batch).mean()
+                teacher_actions = getattr(replay_data, "teacher_actions", None)
+                if self._teacher is not None and teacher_actions is not None:
+                    actor_loss = self._teacher_actor_loss(heads, batch, teacher_actions, teacher_stats)
+                else:
+                    actor_loss = -heads.actor_q_values(batch).mean()
                 actor_losses.append(actor_loss.detach())
 
                 # Optimize the actor
@@ -189,10 +200,29 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if gradient_steps == 0:
             return  # no losses to log (SB3 would log the mean of nothing, NaN)
-        losses = self._flush_train_stats(critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses})
+        losses = self._flush_train_stats(
+            critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses, **teacher_stats}
+        )
         if len(actor_losses) > 0:
             self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
         self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
+        for name in teacher_stats:
+            if name in losses:
+                self.logger.record(f"train/{name}", float(np.mean(losses[name])))
+
+    def _teacher_actor_loss(
+        self, heads: TD3Heads, batch: EncodedBatch, teacher_actions: th.Tensor, stats: dict[str, list[th.Tensor]]
+    ) -> th.Tensor:
+        """TD3+BC's actor loss towards the teacher's actions (:func:`sb3_av.teacher.teacher_actor_loss`)."""
+        actions, q_policy = heads.actor_actions_and_q_values(batch)
+        q_teacher = None
+        if self.teacher_q_filter:
+            labelled = th.nan_to_num(teacher_actions)  # unlabelled rows are masked out whatever their Q
+            q_teacher = heads.first_q_values(batch, labelled)
+        parts = teacher_actor_loss(q_policy, actions, teacher_actions, q_teacher, self.teacher_weight)
+        stats["teacher_bc"].append(parts.bc)
+        stats["teacher_cloned_share"].append(parts.cloned_share)
+        return parts.loss
 
     def _target_q_values(self, heads: TD3Heads, replay_data: ReplayBufferSamples) -> th.Tensor:
         """TD3's critic target ``(batch, 1)``: reward + discounted min of the target critics at the smoothed action."""
