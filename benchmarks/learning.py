@@ -663,9 +663,20 @@ CONFIG_KEYS = ("train_freq", "gradient_steps", "batch_size")
 SAME_RUN_VALUES = {"policy_average_decay": {0.0: None}}
 
 
+#: Settings added to RECOMMENDED after result files were written, with the value those files ran with (where
+#: today's RECOMMENDED value differs from it, or may come to).
+SETTINGS_BEFORE_THEY_EXISTED = {"pid_teacher": 0.0, "teacher_q_filter": True}
+
+
 def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
-    """The sb3av settings a result file ran with: its RECOMMENDED and ``--set``, keys added since at today's default."""
-    settings = {**RECOMMENDED, **part.get("recommended", {}), **part["settings"].get("overrides", {})}
+    """The sb3av settings a result file ran with: its RECOMMENDED and ``--set``; keys added since at the value the
+    file ran with (:data:`SETTINGS_BEFORE_THEY_EXISTED`), else at today's default (keys added "off")."""
+    settings = {
+        **RECOMMENDED,
+        **SETTINGS_BEFORE_THEY_EXISTED,
+        **part.get("recommended", {}),
+        **part["settings"].get("overrides", {}),
+    }
     for key, same in SAME_RUN_VALUES.items():
         if key in settings and settings[key] in same:
             settings[key] = same[settings[key]]

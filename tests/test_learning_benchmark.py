@@ -303,6 +303,20 @@ def test_merge_reads_an_old_zero_average_decay_as_off(learning, tmp_path):
     assert result["rows"][0]["seeds"] == [0, 1] and result["recommended"]["policy_average_decay"] is None
 
 
+def test_merge_reads_files_from_before_the_teacher_as_without_it(learning, tmp_path, monkeypatch):
+    """A file written before ``pid_teacher`` existed ran without a teacher, whatever today's RECOMMENDED says: it
+    merges with a file run with ``pid_teacher`` 0 and is refused beside a teacher run."""
+    monkeypatch.setitem(learning.RECOMMENDED, "pid_teacher", 1.0)
+    monkeypatch.setitem(learning.RECOMMENDED, "teacher_q_filter", False)
+    old = _part(tmp_path, "old", [0], [1.0])  # its "recommended" has no teacher keys
+    off = _part(tmp_path, "off", [1], [0.9], overrides={"pid_teacher": 0.0, "teacher_q_filter": True})
+    result = learning.main(["--merge", str(old), str(off), "--out", str(tmp_path / "all.json")])
+    assert result["rows"][0]["seeds"] == [0, 1]
+    taught = _part(tmp_path, "taught", [2], [1.0], overrides={"pid_teacher": 1.0, "teacher_q_filter": False})
+    with pytest.raises(SystemExit, match="pid_teacher"):
+        learning.main(["--merge", str(old), str(taught), "--out", str(tmp_path / "x.json")])
+
+
 def test_pid_teacher_sets_the_pid_as_teacher_with_its_weight_and_filter(learning, tmp_path, monkeypatch):
     """``pid_teacher`` (a weight) and ``teacher_q_filter`` reach ``set_teacher`` with the training env's PID; the
     labels are stored from the first step."""

@@ -40,6 +40,7 @@ __all__ = [
     "GRAD_GROUPS",
     "NOISE_TYPES",
     "REPLAY_BUFFERS",
+    "TEACHERS",
     "ZOO_KEYS",
     "ConfigError",
     "default_config_file",
@@ -86,7 +87,20 @@ ZOO_KEYS: dict[str, str] = {
     "callback": "callback name(s) from sb3_av.zoo.config.CALLBACKS, optionally {Name: {kwargs}}",
     "noise_type": "exploration noise: normal, ornstein-uhlenbeck or null",
     "noise_std": "standard deviation of the exploration noise (action units)",
+    "teacher": "a controller whose actions the actor also learns to clone (TD3/DDPG, sb3_av.teacher): "
+    "{controller: pid, weight: number > 0, q_filter: true/false}",
 }
+
+#: Controller names usable in a config's ``teacher:`` entry -> a function building it for a training env.
+TEACHERS: dict[str, Callable[[gym.Env], Any]] = {"pid": lambda env: _pid_from_env(env)}
+_TEACHER_KEYS = frozenset({"controller", "weight", "q_filter"})
+
+
+def _pid_from_env(env: gym.Env) -> Any:
+    from sb3_av.baselines import PIDPurePursuit
+
+    return PIDPurePursuit.from_env(env)
+
 
 #: Constructor arguments the trainer sets itself; a config must not set them.
 _MANAGED_KEYS = frozenset({"self", "env", "tensorboard_log", "seed", "verbose", "device", "_init_setup_model", "action_noise"})
@@ -335,6 +349,23 @@ def _normalize(value: Any) -> bool | dict[str, Any]:
     raise ValueError(f"expected true/false or a mapping of VecNormalize arguments, got {value!r}")
 
 
+def _teacher(value: Any) -> dict[str, Any]:
+    """Check a ``teacher`` entry: a known controller, a weight > 0, ``q_filter`` true/false (default true)."""
+    entry = _mapping(value)
+    unknown = sorted(set(entry) - _TEACHER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown teacher argument(s) {unknown}; valid: {sorted(_TEACHER_KEYS)}")
+    if entry.get("controller") not in TEACHERS:
+        raise ValueError(f"teacher controller must be one of {sorted(TEACHERS)}, got {entry.get('controller')!r}")
+    weight = entry.get("weight")
+    if not is_finite_number(weight) or not weight > 0:
+        raise ValueError(f"teacher weight must be a number > 0, got {weight!r}")
+    q_filter = entry.get("q_filter", True)
+    if not isinstance(q_filter, bool):
+        raise ValueError(f"teacher q_filter must be true or false, got {q_filter!r}")
+    return {"controller": entry["controller"], "weight": float(weight), "q_filter": q_filter}
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return dict(value)
@@ -404,6 +435,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "replay_buffer_class": lambda v: _named_entries(v, REPLAY_BUFFERS, "replay buffer")[0],
     "env_wrapper": lambda v: _env_wrappers(v),
     "callback": lambda v: _named_entries(v, CALLBACKS, "callback"),
+    "teacher": _teacher,
 }
 
 
@@ -462,6 +494,8 @@ def validate_hyperparams(
         if key not in valid:
             raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(sorted(valid))}")
         try:
+            if key == "teacher" and not getattr(algo_cls, "_trains_with_teacher", False):
+                raise ValueError(f"{algo_cls.__name__} has no teacher term (TD3 and DDPG have one)")
             if key == "policy":
                 checked[key] = _check_policy(value, algo_cls)
             elif key == "policy_kwargs":

@@ -40,6 +40,7 @@ import uuid
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, KVWriter, Logger, make_output_format
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.utils import get_latest_run_id
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
 from sb3_av.callbacks.checkpoint import InterruptibleCheckpointCallback
 from sb3_av.callbacks.driving_metrics import DrivingEvalCallback, DrivingMetricsCallback
 from sb3_av.callbacks.progress import ProgressCallback
 from sb3_av.algorithms import get_algorithm
 from sb3_av.zoo.config import (
+    TEACHERS,
     ConfigError,
     default_config_file,
     load_config_file,
@@ -199,6 +201,7 @@ class DrivingExperimentManager(ExperimentManager):
                     device=self.device,
                     **self._hyperparams,
                 )
+            self._set_teacher(model, env)
             buffer = getattr(model, "replay_buffer", None)
             if self.verbose > 0 and buffer is not None:
                 print(f"Replay buffer: {type(buffer).__name__}")
@@ -266,6 +269,7 @@ class DrivingExperimentManager(ExperimentManager):
         if "replay_buffer_class" in hyperparams:
             hyperparams["replay_buffer_class"] = resolve_replay_buffer_class(hyperparams["replay_buffer_class"])
         self._callback_entries = hyperparams.pop("callback", [])
+        self._teacher_entry = hyperparams.pop("teacher", None)
         env_wrapper = resolve_env_wrapper(hyperparams.pop("env_wrapper", []))
         # Fail now, not after the envs are built, when a callback rejects its arguments.
         resolve_callbacks(self._callback_entries, self._config_where)
@@ -273,6 +277,29 @@ class DrivingExperimentManager(ExperimentManager):
             self.monitor_kwargs = {"info_keywords": _MONITOR_INFO_KEYS}
         hyperparams, _, _, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         return hyperparams, env_wrapper, [], vec_env_wrapper
+
+    def _set_teacher(self, model: BaseAlgorithm, env: VecEnv) -> None:
+        """Give the model the config's ``teacher`` (a new one, also for a loaded model: the teacher is not saved).
+
+        The controller is built from the first training env (:meth:`PIDPurePursuit.from_env` reads its target speed,
+        control period and steering geometry); with envs in other processes, from their ``config`` alone (the
+        steering geometry at the controller's default, Lite's).
+        """
+        entry = getattr(self, "_teacher_entry", None)
+        if entry is None:
+            return
+        vec_env = env.unwrapped if isinstance(env, VecEnvWrapper) else env
+        if isinstance(vec_env, DummyVecEnv):
+            first: Any = vec_env.envs[0]
+        else:
+            first = SimpleNamespace(unwrapped=SimpleNamespace(config=env.get_attr("config", [0])[0]))
+        controller = TEACHERS[entry["controller"]](first)
+        try:
+            model.set_teacher(controller, entry["weight"], entry["q_filter"])  # type: ignore[attr-defined]
+        except (ValueError, NotImplementedError) as error:
+            raise ConfigError(f"{self._config_where}: key 'teacher': {error}") from None
+        if self.verbose > 0:
+            print(f"Teacher: {entry['controller']} (weight {entry['weight']}, q_filter {entry['q_filter']})")
 
     def _is_driving_env(self) -> bool:
         return self.entry_point(self.env_name.gym_id).startswith("sb3_av.")
@@ -456,6 +483,7 @@ class DrivingExperimentManager(ExperimentManager):
                 device=self.device,
                 **kwargs,
             )
+            self._set_teacher(model, train_env)
             eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
             eval_callback = self._trial_eval_callback(trial, eval_env)
             callbacks = [*resolve_callbacks(self._callback_entries, self._config_where), eval_callback]
