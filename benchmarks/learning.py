@@ -118,8 +118,8 @@ RECOMMENDED: dict[str, Any] = {
     "pid_warmup": 0,
     # weight of a behaviour-cloning term towards the PID baseline's action on every transition (TD3+BC, sb3_av.teacher);
     # 0 = off. Q-filtered (only where the critic rates the PID's action higher) unless teacher_q_filter is False
-    "pid_teacher": 0.0,
-    "teacher_q_filter": True,
+    "pid_teacher": 1.0,
+    "teacher_q_filter": False,
     "image_augmentation": None,
     "augmentation_pad": 4,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this

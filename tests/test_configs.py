@@ -30,6 +30,8 @@ def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) 
     assert checked.get("env_kwargs", {}) == {**recommended["env_kwargs"], **repeat}
     assert checked.get("image_augmentation") == recommended["image_augmentation"]
     assert "replay_buffer_kwargs" not in checked and recommended["n_steps"] == 1
+    teacher = {"controller": "pid", "weight": recommended["pid_teacher"], "q_filter": recommended["teacher_q_filter"]}
+    assert checked["teacher"] == teacher
     wrappers = [next(iter(entry.items())) for entry in checked["env_wrapper"]]
     assert wrappers == [
         ("OverspeedPenalty", {"weight": recommended["overspeed_penalty"]}),
