@@ -11,7 +11,9 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
   frame-stack replay buffer, a training reward with an
   over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`) and a jerk penalty, scaled by 0.1, Gaussian action
-  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps. Random-shift augmentation and n-step returns
+  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps, and the PID baseline as a teacher (TD3+BC's
+  behaviour-cloning term towards its action on every transition, weight 1, no Q-filter: ``pid_teacher``;
+  ``--set '{"pid_teacher": 0}'`` is the recipe without it). Random-shift augmentation and n-step returns
   are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
   learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training
   and evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
@@ -19,7 +21,7 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse (README).
   ``--set '{"pid_warmup": 6000}'`` lets the PID baseline drive the first 6000 simulation steps instead of SB3's
   uniform random warm-up actions (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`);
-  it did not shorten the early phase of rear-ending the first slow NPC (README). ``--set '{"pid_teacher": 1.0}'``
+  it did not shorten the early phase of rear-ending the first slow NPC (README). ``pid_teacher`` (a weight)
   labels every transition with the PID baseline's action and adds TD3+BC's behaviour-cloning term towards it, with
   this weight, to the actor loss (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`, Q-filtered
   unless ``"teacher_q_filter": false``).
