@@ -357,8 +357,8 @@ def _teacher(value: Any) -> dict[str, Any]:
         raise ValueError(f"unknown teacher argument(s) {unknown}; valid: {sorted(_TEACHER_KEYS)}")
     if entry.get("controller") not in TEACHERS:
         raise ValueError(f"teacher controller must be one of {sorted(TEACHERS)}, got {entry.get('controller')!r}")
-    weight = entry.get("weight")
-    if not is_finite_number(weight) or not weight > 0:
+    weight: Any = entry.get("weight")
+    if not is_finite_number(weight) or not float(weight) > 0:
         raise ValueError(f"teacher weight must be a number > 0, got {weight!r}")
     q_filter = entry.get("q_filter", True)
     if not isinstance(q_filter, bool):
