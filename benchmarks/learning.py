@@ -23,8 +23,8 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   uniform random warm-up actions (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`);
   it did not shorten the early phase of rear-ending the first slow NPC (README). ``pid_teacher`` (a weight)
   labels every transition with the PID baseline's action and adds TD3+BC's behaviour-cloning term towards it, with
-  this weight, to the actor loss (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`, Q-filtered
-  unless ``"teacher_q_filter": false``).
+  this weight, to the actor loss (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`; Q-filtered
+  with ``"teacher_q_filter": true``).
   Evaluation runs on the plain env otherwise (no reward wrappers: success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
@@ -119,7 +119,7 @@ RECOMMENDED: dict[str, Any] = {
     # uniform random warm-up actions; training still starts at learning_starts (sb3_av.warmup); 0 = off
     "pid_warmup": 0,
     # weight of a behaviour-cloning term towards the PID baseline's action on every transition (TD3+BC, sb3_av.teacher);
-    # 0 = off. Q-filtered (only where the critic rates the PID's action higher) unless teacher_q_filter is False
+    # 0 = off. With teacher_q_filter, only where the critic rates the PID's action higher (worse on seed 0: README)
     "pid_teacher": 1.0,
     "teacher_q_filter": False,
     "image_augmentation": None,
@@ -667,7 +667,7 @@ SAME_RUN_VALUES = {"policy_average_decay": {0.0: None}}
 
 #: Settings added to RECOMMENDED after result files were written, with the value those files ran with (where
 #: today's RECOMMENDED value differs from it, or may come to).
-SETTINGS_BEFORE_THEY_EXISTED = {"pid_teacher": 0.0, "teacher_q_filter": True}
+SETTINGS_BEFORE_THEY_EXISTED = {"pid_teacher": 0.0}
 
 
 def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
@@ -682,6 +682,8 @@ def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
     for key, same in SAME_RUN_VALUES.items():
         if key in settings and settings[key] in same:
             settings[key] = same[settings[key]]
+    if not settings.get("pid_teacher"):  # without a teacher its filter setting changes nothing
+        settings["teacher_q_filter"] = RECOMMENDED["teacher_q_filter"]
     return settings
 
 

@@ -145,7 +145,8 @@ def test_the_bc_term_pulls_the_policy_to_the_teachers_action(algorithm: type[Cli
 
 def test_the_q_filter_share_is_logged() -> None:
     model = ClippedTD3("MultiInputPolicy", _env(), learning_starts=20, **_tiny())
-    model.set_teacher(TowardOrigin(), 1.0)
+    model.set_teacher(TowardOrigin(), 1.0, q_filter=True)
+    assert model.teacher_q_filter
     model.learn(60)
     share = model.logger.name_to_value["train/teacher_cloned_share"]
     assert 0.0 <= share <= 1.0

@@ -138,7 +138,7 @@ def test_validate_normalises_and_names_the_key() -> None:
             validate_hyperparams({"policy": "MultiInputPolicy", "n_timesteps": 10, "teacher": value}, algo, "cfg [env]")
         assert message in str(info.value) and "key 'teacher'" in str(info.value)
     entry = {"policy": "MultiInputPolicy", "n_timesteps": 10, "teacher": {"controller": "pid", "weight": 2}}
-    assert validate_hyperparams(entry, algo, "x")["teacher"] == {"controller": "pid", "weight": 2.0, "q_filter": True}
+    assert validate_hyperparams(entry, algo, "x")["teacher"] == {"controller": "pid", "weight": 2.0, "q_filter": False}
     with pytest.raises(ConfigError, match="ClippedSAC has no teacher term"):
         validate_hyperparams(entry, get_algorithm("sac"), "cfg [env]")
     for key, (value, message) in cases.items():

@@ -48,7 +48,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
     _warmup: ControllerWarmup | None = None
     #: weight of the teacher's behaviour-cloning term in the actor loss (0 = no teacher) and whether it is Q-filtered
     teacher_weight: float = 0.0
-    teacher_q_filter: bool = True
+    teacher_q_filter: bool = False
     _teacher: ControllerWarmup | None = None
     _teacher_actions: np.ndarray | None = None  # the teacher's scaled actions for the step being taken
     #: whether the host's train() has the teacher term (ClippedTD3 / ClippedDDPG)
@@ -73,7 +73,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         self._warmup = warmup if steps > 0 else None
         self.warmup_steps = int(steps) if self._warmup is not None else 0
 
-    def set_teacher(self, controller: WarmupController | None, weight: float, q_filter: bool = True) -> None:
+    def set_teacher(self, controller: WarmupController | None, weight: float, q_filter: bool = False) -> None:
         """Label every transition collected from now on with ``controller``'s action in its observation, and add
         TD3+BC's behaviour-cloning term towards those actions to the actor loss (see :mod:`sb3_av.teacher`). The
         teacher never acts. Needs sb3-av's frame-stack replay buffer (the default for the driving env), where the
@@ -85,7 +85,8 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         :param controller: an object with ``act(observation, info)`` and ``reset()``, e.g.
             :class:`~sb3_av.baselines.PIDPurePursuit` (copied once per env); None removes the teacher.
         :param weight: the weight of the behaviour-cloning term (TD3+BC's ``1 / alpha``), > 0.
-        :param q_filter: apply the term only where the critic rates the teacher's action above the policy's.
+        :param q_filter: apply the term only where the critic rates the teacher's action above the policy's (off by
+            default: on LiteScenario2 the filter let the teacher through too rarely early on; README, Learning).
         """
         if controller is None:
             self._teacher, self.teacher_weight, self._teacher_actions = None, 0.0, None

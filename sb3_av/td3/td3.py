@@ -47,7 +47,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
     :class:`sb3_av.callbacks.GradientMonitorCallback` logs and checks for explosions.
 
     :meth:`set_teacher` adds TD3+BC's behaviour-cloning term towards a classical controller's actions (e.g. the PID
-    baseline's) to the actor loss, Q-filtered by default (:mod:`sb3_av.teacher`); ``train/teacher_bc`` and
+    baseline's) to the actor loss, optionally Q-filtered (:mod:`sb3_av.teacher`); ``train/teacher_bc`` and
     ``train/teacher_cloned_share`` log it.
 
     A drop-in for SB3's TD3: ``"MultiInputPolicy"`` is SB3's on every Dict space but the driving one (see

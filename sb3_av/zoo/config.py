@@ -350,7 +350,7 @@ def _normalize(value: Any) -> bool | dict[str, Any]:
 
 
 def _teacher(value: Any) -> dict[str, Any]:
-    """Check a ``teacher`` entry: a known controller, a weight > 0, ``q_filter`` true/false (default true)."""
+    """Check a ``teacher`` entry: a known controller, a weight > 0, ``q_filter`` true/false (default false)."""
     entry = _mapping(value)
     unknown = sorted(set(entry) - _TEACHER_KEYS)
     if unknown:
@@ -360,7 +360,7 @@ def _teacher(value: Any) -> dict[str, Any]:
     weight: Any = entry.get("weight")
     if not is_finite_number(weight) or not float(weight) > 0:
         raise ValueError(f"teacher weight must be a number > 0, got {weight!r}")
-    q_filter = entry.get("q_filter", True)
+    q_filter = entry.get("q_filter", False)
     if not isinstance(q_filter, bool):
         raise ValueError(f"teacher q_filter must be true or false, got {q_filter!r}")
     return {"controller": entry["controller"], "weight": float(weight), "q_filter": q_filter}
