@@ -66,7 +66,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
 
 import sb3_av  # noqa: F401  (registers the env ids)
-from sb3_av._checks import is_int
+from sb3_av._checks import is_int, non_negative_number
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.buffers import FrameStackDictReplayBuffer
 from sb3_av.callbacks.weight_average import PolicyWeightAverage
@@ -762,9 +762,10 @@ def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any])
         steps = overrides.get(key, 0)
         if not is_int(steps) or steps < 0:
             parser.error(f"--set: {key} must be an integer number of simulation steps >= 0, got {steps!r}")
-    teacher_weight = overrides.get("pid_teacher", 0.0)
-    if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, int | float) or not teacher_weight >= 0:
-        parser.error(f"--set: pid_teacher must be a number >= 0 (0 = off), got {teacher_weight!r}")
+    try:
+        non_negative_number("pid_teacher (0 = off)", overrides.get("pid_teacher", 0.0))
+    except ValueError as error:
+        parser.error(f"--set: {error}")
     if not isinstance(overrides.get("teacher_q_filter", True), bool):
         parser.error(f"--set: teacher_q_filter must be true or false, got {overrides['teacher_q_filter']!r}")
     if not isinstance(overrides.get("curve_on_cycle", False), bool):

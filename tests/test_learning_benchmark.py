@@ -195,8 +195,8 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"pid_warmup": -2}'], "pid_warmup must be an integer number of simulation steps >= 0"),
         (["--set", '{"pid_warmup": true}'], "pid_warmup must be an integer number of simulation steps >= 0"),
         (["--keep-best", "--select-episodes", "5", "--select-top", "0"], "--select-top >= 1"),
-        (["--set", '{"pid_teacher": -1}'], "pid_teacher must be a number >= 0 (0 = off)"),
-        (["--set", '{"pid_teacher": true}'], "pid_teacher must be a number >= 0 (0 = off)"),
+        (["--set", '{"pid_teacher": -1}'], "pid_teacher (0 = off) must be a finite number >= 0"),
+        (["--set", '{"pid_teacher": true}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"teacher_q_filter": 1}'], "teacher_q_filter must be true or false"),
     ],
 )

@@ -128,8 +128,8 @@ def test_validate_normalises_and_names_the_key() -> None:
         "teacher": ({"controller": "mpc", "weight": 1.0}, "teacher controller must be one of ['pid']"),
     }
     teacher_cases = [
-        ({"controller": "pid"}, "teacher weight must be a number > 0, got None"),
-        ({"controller": "pid", "weight": 0}, "teacher weight must be a number > 0, got 0"),
+        ({"controller": "pid"}, "teacher weight must be a finite number > 0, got None"),
+        ({"controller": "pid", "weight": 0}, "teacher weight must be a finite number > 0, got 0"),
         ({"controller": "pid", "weight": 1, "q_filter": "no"}, "teacher q_filter must be true or false"),
         ({"controller": "pid", "weight": 1, "alpha": 2.5}, "unknown teacher argument(s) ['alpha']"),
     ]

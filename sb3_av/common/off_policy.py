@@ -21,7 +21,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import is_image_space_channels_first
 
-from sb3_av._checks import is_int
+from sb3_av._checks import is_int, positive_number
 from sb3_av.buffers import FrameStackDictReplayBuffer, default_replay_buffer_for
 from sb3_av.clipping import GradClipMixin
 from sb3_av.warmup import ControllerWarmup, WarmupController
@@ -93,8 +93,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
             return
         if not self._trains_with_teacher:
             raise NotImplementedError(f"{type(self).__name__} has no teacher term; set_teacher works with TD3 and DDPG")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0 or not np.isfinite(weight):
-            raise ValueError(f"the teacher's weight must be a finite number > 0, got {weight!r}")
+        weight = positive_number("the teacher's weight", weight)
         if not isinstance(q_filter, bool):
             raise ValueError(f"q_filter must be True or False, got {q_filter!r}")
         if not isinstance(self.action_space, spaces.Box):
@@ -105,7 +104,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
                 f"images); this model's replay buffer is {type(self.replay_buffer).__name__}"
             )
         self._teacher = ControllerWarmup(controller, self.n_envs)  # checks the controller
-        self.teacher_weight = float(weight)
+        self.teacher_weight = weight
         self.teacher_q_filter = q_filter
         self._teacher_actions = None
         self.replay_buffer.keep_teacher_actions()

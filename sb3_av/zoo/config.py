@@ -21,7 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from torch import nn
 
-from sb3_av._checks import is_finite_number
+from sb3_av._checks import is_finite_number, positive_number
 from sb3_av.envs.wrappers import (
     ClearancePenalty,
     HeadwayPenalty,
@@ -357,13 +357,11 @@ def _teacher(value: Any) -> dict[str, Any]:
         raise ValueError(f"unknown teacher argument(s) {unknown}; valid: {sorted(_TEACHER_KEYS)}")
     if entry.get("controller") not in TEACHERS:
         raise ValueError(f"teacher controller must be one of {sorted(TEACHERS)}, got {entry.get('controller')!r}")
-    weight: Any = entry.get("weight")
-    if not is_finite_number(weight) or not float(weight) > 0:
-        raise ValueError(f"teacher weight must be a number > 0, got {weight!r}")
+    weight = positive_number("teacher weight", entry.get("weight"))
     q_filter = entry.get("q_filter", False)
     if not isinstance(q_filter, bool):
         raise ValueError(f"teacher q_filter must be true or false, got {q_filter!r}")
-    return {"controller": entry["controller"], "weight": float(weight), "q_filter": q_filter}
+    return {"controller": entry["controller"], "weight": weight, "q_filter": q_filter}
 
 
 def _mapping(value: Any) -> dict[str, Any]:
