@@ -91,15 +91,16 @@ ZOO_KEYS: dict[str, str] = {
     "{controller: pid, weight: number > 0, q_filter: true/false}",
 }
 
-#: Controller names usable in a config's ``teacher:`` entry -> a function building it for a training env.
-TEACHERS: dict[str, Callable[[gym.Env], Any]] = {"pid": lambda env: _pid_from_env(env)}
-_TEACHER_KEYS = frozenset({"controller", "weight", "q_filter"})
-
 
 def _pid_from_env(env: gym.Env) -> Any:
     from sb3_av.baselines import PIDPurePursuit
 
     return PIDPurePursuit.from_env(env)
+
+
+#: Controller names usable in a config's ``teacher:`` entry -> a function building it for a training env.
+TEACHERS: dict[str, Callable[[gym.Env], Any]] = {"pid": _pid_from_env}
+_TEACHER_KEYS = frozenset({"controller", "weight", "q_filter"})
 
 
 #: Constructor arguments the trainer sets itself; a config must not set them.

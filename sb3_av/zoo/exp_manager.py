@@ -163,6 +163,7 @@ class DrivingExperimentManager(ExperimentManager):
         )
         self.algo_class = get_algorithm(args.algo)
         self._callback_entries: list[Any] = []
+        self._teacher_entry: dict[str, Any] | None = None  # the config's checked ``teacher`` entry, if any
         self._config_where = self.config
         self.checkpoint_callback: InterruptibleCheckpointCallback | None = None
         #: The evaluation env of ``--eval-freq`` (closed by :meth:`learn`, or when the setup fails).
@@ -285,7 +286,7 @@ class DrivingExperimentManager(ExperimentManager):
         control period and steering geometry); with envs in other processes, from their ``config`` alone (the
         steering geometry at the controller's default, Lite's).
         """
-        entry = getattr(self, "_teacher_entry", None)
+        entry = self._teacher_entry
         if entry is None:
             return
         vec_env = env.unwrapped if isinstance(env, VecEnvWrapper) else env
