@@ -82,6 +82,7 @@ from sb3_av.envs.wrappers import (
 )
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
+from sb3_av.teacher import CLONE_TARGETS
 from sb3_av.zoo.config import checked_learning_rate
 
 __all__ = ["CONFIGS", "RECOMMENDED", "main", "run_benchmark"]
@@ -122,6 +123,9 @@ RECOMMENDED: dict[str, Any] = {
     # 0 = off. With teacher_q_filter, only where the critic rates the PID's action higher (worse on seed 0: README)
     "pid_teacher": 1.0,
     "teacher_q_filter": False,
+    # what the teacher's term pulls towards the PID's action: the executed "action" (TD3+BC) or the actor "head"'s
+    # output before action_smoothing (sb3_av.teacher)
+    "teacher_clone": "action",
     "image_augmentation": None,
     "augmentation_pad": 4,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
@@ -398,7 +402,12 @@ def _run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if settings is not None and settings["pid_warmup"]:
         model.set_warmup_controller(PIDPurePursuit.from_env(train_env), settings["pid_warmup"] // action_repeat)
     if settings is not None and settings["pid_teacher"]:
-        model.set_teacher(PIDPurePursuit.from_env(train_env), settings["pid_teacher"], settings["teacher_q_filter"])
+        model.set_teacher(
+            PIDPurePursuit.from_env(train_env),
+            settings["pid_teacher"],
+            settings["teacher_q_filter"],
+            settings["teacher_clone"],
+        )
     keep_top = args.select_top if args.select_episodes else 1
     average = None
     if settings is not None and settings["policy_average_decay"] is not None:
@@ -667,7 +676,7 @@ SAME_RUN_VALUES = {"policy_average_decay": {0.0: None}}
 
 #: Settings added to RECOMMENDED after result files were written, with the value those files ran with (where
 #: today's RECOMMENDED value differs from it, or may come to).
-SETTINGS_BEFORE_THEY_EXISTED = {"pid_teacher": 0.0}
+SETTINGS_BEFORE_THEY_EXISTED = {"pid_teacher": 0.0, "teacher_clone": "action"}
 
 
 def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
@@ -682,8 +691,9 @@ def _effective_settings(part: dict[str, Any]) -> dict[str, Any]:
     for key, same in SAME_RUN_VALUES.items():
         if key in settings and settings[key] in same:
             settings[key] = same[settings[key]]
-    if not settings.get("pid_teacher"):  # without a teacher its filter setting changes nothing
+    if not settings.get("pid_teacher"):  # without a teacher its filter and clone settings change nothing
         settings["teacher_q_filter"] = RECOMMENDED["teacher_q_filter"]
+        settings["teacher_clone"] = RECOMMENDED["teacher_clone"]
     return settings
 
 
@@ -768,6 +778,8 @@ def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any])
         parser.error(f"--set: {error}")
     if not isinstance(overrides.get("teacher_q_filter", True), bool):
         parser.error(f"--set: teacher_q_filter must be true or false, got {overrides['teacher_q_filter']!r}")
+    if overrides.get("teacher_clone", CLONE_TARGETS[0]) not in CLONE_TARGETS:
+        parser.error(f"--set: teacher_clone must be one of {list(CLONE_TARGETS)}, got {overrides['teacher_clone']!r}")
     if not isinstance(overrides.get("curve_on_cycle", False), bool):
         parser.error(f"--set: curve_on_cycle must be true or false, got {overrides['curve_on_cycle']!r}")
 

@@ -16,6 +16,14 @@ Demonstrations") ``mask`` keeps only the samples where the critic rates the teac
 so the learner may do better than the teacher where its critic says so; without it, ``mask`` is 1 wherever a
 teacher action was stored. The teacher only labels: it never acts (a warm-up controller may, for the first steps).
 
+With a policy that smooths its actions (``action_smoothing``: the action is ``(1 - beta) * head + beta * previous
+action``), ``clone`` chooses what the term pulls towards the teacher's action: ``"action"`` (TD3+BC), the action the
+env executes, or ``"head"``, the actor head's output before the smoothing. On the smoothed action the term weighs the
+head's output only by ``(1 - beta)^2`` (0.0064 at the recipe's throttle beta of 0.92) and pulls it towards
+``(a_teacher - beta * previous) / (1 - beta)``, which amplifies every difference between the teacher's action and the
+previous one ``1 / (1 - beta)`` times: it leaves the head free to jitter, the jitter the smoothing then passes on as
+jerk. On the head, the head follows the teacher's (smooth) action itself and the executed action is its low-pass.
+
 The teacher runs on the env's observation and its last ``info`` like a warm-up controller (one copy per env, reset
 at each episode end: :class:`~sb3_av.warmup.ControllerWarmup`). Use it through
 :meth:`sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`; the labels live in the replay buffer
@@ -28,7 +36,10 @@ from typing import NamedTuple
 
 import torch as th
 
-__all__ = ["TeacherLoss", "teacher_actor_loss"]
+__all__ = ["CLONE_TARGETS", "TeacherLoss", "teacher_actor_loss"]
+
+#: What the behaviour-cloning term pulls towards the teacher's action: the executed action or the actor head's output.
+CLONE_TARGETS = ("action", "head")
 
 
 class TeacherLoss(NamedTuple):

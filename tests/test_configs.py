@@ -31,6 +31,7 @@ def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) 
     assert checked.get("image_augmentation") == recommended["image_augmentation"]
     assert "replay_buffer_kwargs" not in checked and recommended["n_steps"] == 1
     teacher = {"controller": "pid", "weight": recommended["pid_teacher"], "q_filter": recommended["teacher_q_filter"]}
+    teacher["clone"] = recommended["teacher_clone"]
     assert checked["teacher"] == teacher
     wrappers = [next(iter(entry.items())) for entry in checked["env_wrapper"]]
     assert wrappers == [

@@ -198,6 +198,7 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"pid_teacher": -1}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"pid_teacher": true}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"teacher_q_filter": 1}'], "teacher_q_filter must be true or false"),
+        (["--set", '{"teacher_clone": "mu"}'], "teacher_clone must be one of ['action', 'head'], got 'mu'"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
@@ -317,25 +318,40 @@ def test_merge_reads_files_from_before_the_teacher_as_without_it(learning, tmp_p
         learning.main(["--merge", str(old), str(taught), "--out", str(tmp_path / "x.json")])
 
 
-def test_pid_teacher_sets_the_pid_as_teacher_with_its_weight_and_filter(learning, tmp_path, monkeypatch):
-    """``pid_teacher`` (a weight) and ``teacher_q_filter`` reach ``set_teacher`` with the training env's PID; the
-    labels are stored from the first step."""
+def test_pid_teacher_sets_the_pid_as_teacher_with_its_weight_filter_and_clone(learning, tmp_path, monkeypatch):
+    """``pid_teacher`` (a weight), ``teacher_q_filter`` and ``teacher_clone`` reach ``set_teacher`` with the training
+    env's PID; the labels are stored from the first step."""
     from sb3_av.baselines import PIDPurePursuit
     from sb3_av.td3 import ClippedTD3
 
     calls = []
     original = ClippedTD3.set_teacher
 
-    def recording(model, controller, weight, q_filter=True):
-        calls.append((controller, weight, q_filter))
-        original(model, controller, weight, q_filter)
+    def recording(model, controller, weight, q_filter=True, clone="action"):
+        calls.append((controller, weight, q_filter, clone))
+        original(model, controller, weight, q_filter, clone)
         recording.model = model
 
     monkeypatch.setattr(ClippedTD3, "set_teacher", recording)
     argv = ["--tiny", "--budget", "120", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "0", "--configs", "sb3av"]
-    overrides = {"pid_teacher": 0.5, "teacher_q_filter": False}
+    overrides = {"pid_teacher": 0.5, "teacher_q_filter": False, "teacher_clone": "head"}
     learning.main([*argv, "--out", str(tmp_path / "l.json"), "--set", json.dumps(overrides)])
-    ((controller, weight, q_filter),) = calls
-    assert isinstance(controller, PIDPurePursuit) and weight == 0.5 and q_filter is False
+    ((controller, weight, q_filter, clone),) = calls
+    assert isinstance(controller, PIDPurePursuit) and weight == 0.5 and q_filter is False and clone == "head"
+    assert recording.model.teacher_clone == "head"
     labels = recording.model.replay_buffer.teacher_actions[:120, 0]
     assert np.isfinite(labels).all() and np.abs(labels).max() <= 1.0
+
+
+def test_merge_reads_teacher_files_from_before_the_clone_setting_as_cloning_the_action(learning, tmp_path, monkeypatch):
+    """A teacher run written before ``teacher_clone`` existed cloned the executed action, whatever today's
+    RECOMMENDED says: it merges with an ``"action"`` run and is refused beside a ``"head"`` run."""
+    monkeypatch.setitem(learning.RECOMMENDED, "teacher_clone", "head")
+    taught = {"pid_teacher": 1.0, "teacher_q_filter": False}
+    old = _part(tmp_path, "old", [0], [1.0], overrides=taught)  # no teacher_clone key
+    action = _part(tmp_path, "action", [1], [0.9], overrides={**taught, "teacher_clone": "action"})
+    result = learning.main(["--merge", str(old), str(action), "--out", str(tmp_path / "all.json")])
+    assert result["rows"][0]["seeds"] == [0, 1]
+    head = _part(tmp_path, "head", [2], [1.0], overrides={**taught, "teacher_clone": "head"})
+    with pytest.raises(SystemExit, match="teacher_clone"):
+        learning.main(["--merge", str(old), str(head), "--out", str(tmp_path / "x.json")])

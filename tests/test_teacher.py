@@ -228,3 +228,50 @@ def test_a_pid_teacher_labels_lite_with_the_pids_own_answers() -> None:
     np.testing.assert_allclose(model.replay_buffer.teacher_actions[:60, 0], answers, atol=1e-6)
     assert calls[0][0] is None and all("lead_distance_m" in info["backend"] for info, _ in calls[1:] if info)
     assert sum(info is not None for info, _ in calls) >= 50
+
+
+# --------------------------------------------------------------------------- what is cloned under action smoothing
+@pytest.mark.parametrize("clone", ["action", "head"])
+def test_the_term_clones_the_smoothed_action_or_the_heads_output(clone: str) -> None:
+    """With ``action_smoothing``, ``clone="action"`` compares the executed action ``(1 - beta) * head + beta *
+    previous`` with the teacher's and ``clone="head"`` the head's output itself; both checked against the loss
+    computed by hand from the encoder's features, the head and the previous action in the observation."""
+    from sb3_av.td3.policies import PREVIOUS_ACTION_SLICE
+
+    betas = th.tensor([0.5, 0.9])
+    model = ClippedTD3(
+        "MultiInputPolicy",
+        gym.make("LiteScenario1-v0"),
+        learning_starts=1000,  # collect only
+        **{
+            **_tiny(),
+            "policy_kwargs": {"net_arch": [8], "share_features_extractor": True, "action_smoothing": [0.5, 0.9]},
+        },
+    )
+    model.set_teacher(Constant((0.3, -0.8)), 2.0, clone=clone)
+    assert model.teacher_clone == clone
+    model.learn(40)
+    samples = model.replay_buffer.sample(16)
+    heads = model._heads()
+    batch = heads.encode(samples.observations)
+    loss = model._teacher_actor_loss(heads, batch, samples.teacher_actions, {"teacher_bc": [], "teacher_cloned_share": []})
+
+    policy = model.policy
+    with th.no_grad():
+        features = batch.features
+        head = policy.actor.mu(features)
+        previous = samples.observations["vector"][:, PREVIOUS_ACTION_SLICE].float().clamp(-1, 1)
+        executed = (1 - betas) * head + betas * previous
+        q = policy.critic.q_networks[0](th.cat([features, executed], dim=1))
+        cloned = head if clone == "head" else executed
+        bc = ((cloned - th.tensor([0.3, -0.8])) ** 2).mean()
+        expected = -q.mean() / q.abs().mean() + 2.0 * bc
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    other = executed if clone == "head" else head
+    assert float(((other - th.tensor([0.3, -0.8])) ** 2).mean()) != pytest.approx(float(bc), rel=1e-3)
+
+
+def test_a_bad_clone_target_is_refused() -> None:
+    model = ClippedTD3("MultiInputPolicy", _env(), **_tiny())
+    with pytest.raises(ValueError, match="clone must be one of 'action', 'head', got 'mu'"):
+        model.set_teacher(TowardOrigin(), 1.0, clone="mu")

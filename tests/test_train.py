@@ -132,13 +132,15 @@ def test_validate_normalises_and_names_the_key() -> None:
         ({"controller": "pid", "weight": 0}, "teacher weight must be a finite number > 0, got 0"),
         ({"controller": "pid", "weight": 1, "q_filter": "no"}, "teacher q_filter must be true or false"),
         ({"controller": "pid", "weight": 1, "alpha": 2.5}, "unknown teacher argument(s) ['alpha']"),
+        ({"controller": "pid", "weight": 1, "clone": "mu"}, "teacher clone must be one of ['action', 'head']"),
     ]
     for value, message in teacher_cases:
         with pytest.raises(ConfigError) as info:
             validate_hyperparams({"policy": "MultiInputPolicy", "n_timesteps": 10, "teacher": value}, algo, "cfg [env]")
         assert message in str(info.value) and "key 'teacher'" in str(info.value)
     entry = {"policy": "MultiInputPolicy", "n_timesteps": 10, "teacher": {"controller": "pid", "weight": 2}}
-    assert validate_hyperparams(entry, algo, "x")["teacher"] == {"controller": "pid", "weight": 2.0, "q_filter": False}
+    checked = {"controller": "pid", "weight": 2.0, "q_filter": False, "clone": "action"}
+    assert validate_hyperparams(entry, algo, "x")["teacher"] == checked
     with pytest.raises(ConfigError, match="ClippedSAC has no teacher term"):
         validate_hyperparams(entry, get_algorithm("sac"), "cfg [env]")
     for key, (value, message) in cases.items():
@@ -594,9 +596,9 @@ def test_train_every_algo_writes_a_run_folder(algo: str, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_a_teacher_in_the_config_trains_with_the_bc_term(tmp_path: Path) -> None:
-    """``teacher: {controller: pid, ...}`` reaches the model: the behaviour-cloning term is logged while training,
-    on every sample without the Q-filter; the saved model has no teacher (it is not saved)."""
-    teacher = "teacher:dict(controller='pid', weight=0.5, q_filter=False)"
+    """``teacher: {controller: pid, ...}`` reaches the model (with its clone target): the behaviour-cloning term is
+    logged while training, on every sample without the Q-filter; the saved model has no teacher (it is not saved)."""
+    teacher = "teacher:dict(controller='pid', weight=0.5, q_filter=False, clone='head')"
     params = [*TINY_PARAMS, teacher]
     result = _train(tmp_path, "--algo", "td3", "--env", "LiteScenario0-v0", "-n", "200", "--seed", "3", *TINY_ENV, *params)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -604,7 +606,8 @@ def test_a_teacher_in_the_config_trains_with_the_bc_term(tmp_path: Path) -> None
     rows = [r for r in csv.DictReader((run / "progress.csv").open()) if r.get("train/teacher_bc")]
     assert rows and all(float(r["train/teacher_cloned_share"]) == 1.0 for r in rows)
     assert all(0.0 <= float(r["train/teacher_bc"]) <= 4.0 for r in rows)  # squared distances of actions in [-1, 1]
-    assert read_run_info(run).hyperparams["teacher"] == {"controller": "pid", "weight": 0.5, "q_filter": False}
+    checked = {"controller": "pid", "weight": 0.5, "q_filter": False, "clone": "head"}
+    assert read_run_info(run).hyperparams["teacher"] == checked
     model: Any = get_algorithm("td3").load(run / "LiteScenario0-v0.zip", device="cpu")
     assert model._teacher is None
 

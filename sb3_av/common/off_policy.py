@@ -24,6 +24,7 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from sb3_av._checks import is_int, positive_number
 from sb3_av.buffers import FrameStackDictReplayBuffer, default_replay_buffer_for
 from sb3_av.clipping import GradClipMixin
+from sb3_av.teacher import CLONE_TARGETS
 from sb3_av.warmup import ControllerWarmup, WarmupController
 
 __all__ = ["ClippedOffPolicyMixin"]
@@ -49,6 +50,8 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
     #: weight of the teacher's behaviour-cloning term in the actor loss (0 = no teacher) and whether it is Q-filtered
     teacher_weight: float = 0.0
     teacher_q_filter: bool = False
+    #: what the term pulls towards the teacher's action: the executed "action" or the actor's "head" output
+    teacher_clone: str = "action"
     _teacher: ControllerWarmup | None = None
     _teacher_actions: np.ndarray | None = None  # the teacher's scaled actions for the step being taken
     #: whether the host's train() has the teacher term (ClippedTD3 / ClippedDDPG)
@@ -73,7 +76,9 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         self._warmup = warmup if steps > 0 else None
         self.warmup_steps = int(steps) if self._warmup is not None else 0
 
-    def set_teacher(self, controller: WarmupController | None, weight: float, q_filter: bool = False) -> None:
+    def set_teacher(
+        self, controller: WarmupController | None, weight: float, q_filter: bool = False, clone: str = "action"
+    ) -> None:
         """Label every transition collected from now on with ``controller``'s action in its observation, and add
         TD3+BC's behaviour-cloning term towards those actions to the actor loss (see :mod:`sb3_av.teacher`). The
         teacher never acts. Needs sb3-av's frame-stack replay buffer (the default for the driving env), where the
@@ -87,6 +92,9 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         :param weight: the weight of the behaviour-cloning term (TD3+BC's ``1 / alpha``), > 0.
         :param q_filter: apply the term only where the critic rates the teacher's action above the policy's (off by
             default: on LiteScenario2 the filter let the teacher through too rarely early on; README, Learning).
+        :param clone: what is pulled towards the teacher's action (:data:`sb3_av.teacher.CLONE_TARGETS`):
+            ``"action"``, the action the env executes (TD3+BC), or ``"head"``, the actor head's output before the
+            policy's ``action_smoothing`` (the same without smoothing; see :mod:`sb3_av.teacher`).
         """
         if controller is None:
             self._teacher, self.teacher_weight, self._teacher_actions = None, 0.0, None
@@ -96,6 +104,8 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         weight = positive_number("the teacher's weight", weight)
         if not isinstance(q_filter, bool):
             raise ValueError(f"q_filter must be True or False, got {q_filter!r}")
+        if clone not in CLONE_TARGETS:
+            raise ValueError(f"clone must be one of {', '.join(map(repr, CLONE_TARGETS))}, got {clone!r}")
         if not isinstance(self.action_space, spaces.Box):
             raise ValueError(f"a teacher needs a Box action space, got {self.action_space}")
         if not isinstance(self.replay_buffer, FrameStackDictReplayBuffer):
@@ -106,6 +116,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         self._teacher = ControllerWarmup(controller, self.n_envs)  # checks the controller
         self.teacher_weight = weight
         self.teacher_q_filter = q_filter
+        self.teacher_clone = clone
         self._teacher_actions = None
         self.replay_buffer.keep_teacher_actions()
 
@@ -197,5 +208,6 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
                 "_teacher_actions",
                 "teacher_weight",
                 "teacher_q_filter",
+                "teacher_clone",
             ]
         )

@@ -48,6 +48,7 @@ from sb3_av.common.policies import is_driving_observation_space, multi_input_def
 from sb3_av.torch_layers import MultiInputExtractor
 
 __all__ = [
+    "ActorPass",
     "CnnPolicy",
     "EncodedBatch",
     "EncoderActor",
@@ -107,6 +108,20 @@ class EncodedBatch(NamedTuple):
     features: th.Tensor | None
 
 
+class ActorPass(NamedTuple):
+    """One pass of the actor (and its first critic) over a batch, with gradient to the actor.
+
+    :param head_actions: the actor head's output ``(batch, action_dim)`` before the policy's action smoothing (the
+        actions themselves for an actor without smoothing).
+    :param actions: the actions ``(batch, action_dim)`` the env would execute (smoothed where the policy smooths).
+    :param q_values: the first critic's Q-values ``(batch, 1)`` of ``actions``.
+    """
+
+    head_actions: th.Tensor
+    actions: th.Tensor
+    q_values: th.Tensor
+
+
 class TD3Heads:
     """Encode once, then heads: how ``ClippedTD3.train`` runs a TD3 policy's actor and critic on a batch.
 
@@ -141,15 +156,19 @@ class TD3Heads:
 
     def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
         """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean."""
-        return self.actor_actions_and_q_values(batch)[1]
+        return self.actor_pass(batch).q_values
 
-    def actor_actions_and_q_values(self, batch: EncodedBatch) -> tuple[th.Tensor, th.Tensor]:
-        """The actor's actions ``(batch, action_dim)`` and the first critic's Q-values ``(batch, 1)`` of them, as the
-        actor loss reads them (with gradient to the actor)."""
+    def actor_pass(self, batch: EncodedBatch) -> ActorPass:
+        """The actor's head outputs and actions and the first critic's Q-values of the actions, as the actor loss
+        reads them (with gradient to the actor)."""
         policy = self.policy
-        actions = policy.actor(batch.observations)
+        actor = policy.actor
+        if isinstance(actor, EncoderActor):
+            head, actions = actor.head_and_actions(batch.observations)
+        else:  # SB3's own actor: no smoothing, the head's output is the action
+            head = actions = actor(batch.observations)
         # SB3 annotates q1_forward's observations as a tensor; it takes a dict of tensors as forward() does
-        return actions, policy.critic.q1_forward(batch.observations, actions)  # type: ignore[arg-type]
+        return ActorPass(head, actions, policy.critic.q1_forward(batch.observations, actions))  # type: ignore[arg-type]
 
     def first_q_values(self, batch: EncodedBatch, actions: th.Tensor) -> th.Tensor:
         """The first critic's Q-values ``(batch, 1)`` of given actions, without gradient (the teacher's Q-filter)."""
@@ -193,12 +212,13 @@ class SharedEncoderHeads(TD3Heads):
         q_input = th.cat([batch.features, actions], dim=1)
         return tuple(q_net(q_input) for q_net in critic.q_networks)
 
-    def actor_actions_and_q_values(self, batch: EncodedBatch) -> tuple[th.Tensor, th.Tensor]:
+    def actor_pass(self, batch: EncodedBatch) -> ActorPass:
         assert batch.features is not None
         features = batch.features.detach()
         actor = self.policy.actor
-        actions = actor.smooth(batch.observations, actor.mu(features))
-        return actions, self.policy.critic.q_networks[0](th.cat([features, actions], dim=1))
+        head = actor.mu(features)
+        actions = actor.smooth(batch.observations, head)
+        return ActorPass(head, actions, self.policy.critic.q_networks[0](th.cat([features, actions], dim=1)))
 
     def first_q_values(self, batch: EncodedBatch, actions: th.Tensor) -> th.Tensor:
         assert batch.features is not None
@@ -262,10 +282,15 @@ class EncoderActor(Actor):
         beta = th.as_tensor(self._betas, dtype=actions.dtype, device=actions.device)
         return (1.0 - beta) * actions + beta * previous_action(obs).to(actions.dtype)
 
-    def forward(self, obs: th.Tensor) -> th.Tensor:
+    def head_and_actions(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """The head's output ``mu(features)`` and the action (:meth:`smooth`), each ``(batch, action_dim)``."""
         with th.set_grad_enabled(th.is_grad_enabled() and not self.detach_features):
             features = self.extract_features(obs, self.features_extractor)
-        return self.smooth(obs, self.mu(features))
+        head = self.mu(features)
+        return head, self.smooth(obs, head)
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return self.head_and_actions(obs)[1]
 
 
 class TD3Policy(_SB3TD3Policy):

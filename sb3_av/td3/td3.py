@@ -214,12 +214,13 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         self, heads: TD3Heads, batch: EncodedBatch, teacher_actions: th.Tensor, stats: dict[str, list[th.Tensor]]
     ) -> th.Tensor:
         """TD3+BC's actor loss towards the teacher's actions (:func:`sb3_av.teacher.teacher_actor_loss`)."""
-        actions, q_policy = heads.actor_actions_and_q_values(batch)
+        actor = heads.actor_pass(batch)
         q_teacher = None
         if self.teacher_q_filter:
             labelled = th.nan_to_num(teacher_actions)  # unlabelled rows are masked out whatever their Q
             q_teacher = heads.first_q_values(batch, labelled)
-        parts = teacher_actor_loss(q_policy, actions, teacher_actions, q_teacher, self.teacher_weight)
+        cloned = actor.head_actions if self.teacher_clone == "head" else actor.actions
+        parts = teacher_actor_loss(actor.q_values, cloned, teacher_actions, q_teacher, self.teacher_weight)
         stats["teacher_bc"].append(parts.bc)
         stats["teacher_cloned_share"].append(parts.cloned_share)
         return parts.loss

@@ -31,6 +31,7 @@ from sb3_av.envs.wrappers import (
     ScenarioCycle,
 )
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
+from sb3_av.teacher import CLONE_TARGETS
 
 __all__ = [
     "ACTIVATIONS",
@@ -88,7 +89,7 @@ ZOO_KEYS: dict[str, str] = {
     "noise_type": "exploration noise: normal, ornstein-uhlenbeck or null",
     "noise_std": "standard deviation of the exploration noise (action units)",
     "teacher": "a controller whose actions the actor also learns to clone (TD3/DDPG, sb3_av.teacher): "
-    "{controller: pid, weight: number > 0, q_filter: true/false}",
+    "{controller: pid, weight: number > 0, q_filter: true/false, clone: action/head}",
 }
 
 
@@ -100,7 +101,7 @@ def _pid_from_env(env: gym.Env) -> Any:
 
 #: Controller names usable in a config's ``teacher:`` entry -> a function building it for a training env.
 TEACHERS: dict[str, Callable[[gym.Env], Any]] = {"pid": _pid_from_env}
-_TEACHER_KEYS = frozenset({"controller", "weight", "q_filter"})
+_TEACHER_KEYS = frozenset({"controller", "weight", "q_filter", "clone"})
 
 
 #: Constructor arguments the trainer sets itself; a config must not set them.
@@ -351,7 +352,8 @@ def _normalize(value: Any) -> bool | dict[str, Any]:
 
 
 def _teacher(value: Any) -> dict[str, Any]:
-    """Check a ``teacher`` entry: a known controller, a weight > 0, ``q_filter`` true/false (default false)."""
+    """Check a ``teacher`` entry: a known controller, a weight > 0, ``q_filter`` true/false (default false), ``clone``
+    one of :data:`sb3_av.teacher.CLONE_TARGETS` (default ``action``)."""
     entry = _mapping(value)
     unknown = sorted(set(entry) - _TEACHER_KEYS)
     if unknown:
@@ -362,7 +364,10 @@ def _teacher(value: Any) -> dict[str, Any]:
     q_filter = entry.get("q_filter", False)
     if not isinstance(q_filter, bool):
         raise ValueError(f"teacher q_filter must be true or false, got {q_filter!r}")
-    return {"controller": entry["controller"], "weight": weight, "q_filter": q_filter}
+    clone = entry.get("clone", CLONE_TARGETS[0])
+    if clone not in CLONE_TARGETS:
+        raise ValueError(f"teacher clone must be one of {list(CLONE_TARGETS)}, got {clone!r}")
+    return {"controller": entry["controller"], "weight": weight, "q_filter": q_filter, "clone": clone}
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -296,11 +296,16 @@ class DrivingExperimentManager(ExperimentManager):
             first = SimpleNamespace(unwrapped=SimpleNamespace(config=env.get_attr("config", [0])[0]))
         controller = TEACHERS[entry["controller"]](first)
         try:
-            model.set_teacher(controller, entry["weight"], entry["q_filter"])  # type: ignore[attr-defined]
+            model.set_teacher(  # type: ignore[attr-defined]
+                controller, entry["weight"], entry["q_filter"], entry["clone"]
+            )
         except (ValueError, NotImplementedError) as error:
             raise ConfigError(f"{self._config_where}: key 'teacher': {error}") from None
         if self.verbose > 0:
-            print(f"Teacher: {entry['controller']} (weight {entry['weight']}, q_filter {entry['q_filter']})")
+            print(
+                f"Teacher: {entry['controller']} (weight {entry['weight']}, q_filter {entry['q_filter']}, "
+                f"clone {entry['clone']})"
+            )
 
     def _is_driving_env(self) -> bool:
         return self.entry_point(self.env_name.gym_id).startswith("sb3_av.")
