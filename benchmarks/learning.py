@@ -714,9 +714,7 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
                 raise ValueError(f"{path} was run with {key}={own!r}, {first_path} with {firsts!r}: not the same protocol")
         for row in part["rows"]:
             name = row["config"]
-            own = {key: part["settings"].get(key) for key in CONFIG_KEYS}
-            if name == "sb3av":
-                own["sb3av"] = _effective_settings(part)
+            own = _config_settings(part, name)
             seen = config_settings.setdefault(name, (path, own))
             if seen[1] != own:
                 diff = [k for k in CONFIG_KEYS if own[k] != seen[1][k]]
@@ -747,8 +745,26 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
             }
             for path, part in parts
         ],
+        "config_settings": {name: settings for name, (_, settings) in config_settings.items()},
         "rows": [_row(name, runs[name]) for name in order],
     }
+
+
+def _config_settings(part: dict[str, Any], name: str) -> dict[str, Any]:
+    """A config's compute settings (:data:`CONFIG_KEYS`) in a result file, and for ``sb3av`` its effective settings.
+
+    A merged file keeps them per config in ``config_settings``; merged files from before that key have each part's
+    own settings in ``parts`` (its top-level ``settings`` hold the protocol only).
+    """
+    if "config_settings" in part:
+        return part["config_settings"][name]
+    settings = part["settings"]
+    if "parts" in part:
+        settings = next(p["settings"] for p in part["parts"] if name in p["configs"])
+    own = {key: settings.get(key) for key in CONFIG_KEYS}
+    if name == "sb3av":
+        own["sb3av"] = _effective_settings(part)
+    return own
 
 
 def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any]) -> None:

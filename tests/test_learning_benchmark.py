@@ -355,3 +355,24 @@ def test_merge_reads_teacher_files_from_before_the_clone_setting_as_cloning_the_
     head = _part(tmp_path, "head", [2], [1.0], overrides={**taught, "teacher_clone": "head"})
     with pytest.raises(SystemExit, match="teacher_clone"):
         learning.main(["--merge", str(old), str(head), "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.parametrize("without_config_settings", [False, True])
+def test_a_merged_file_merges_again_with_new_parts(learning, tmp_path, without_config_settings):
+    """A merged file joins new parts of the same protocol and compute settings (also a merged file written before
+    ``config_settings`` existed: its parts' settings are read), and refuses a part with other compute settings."""
+    a = _part(tmp_path, "a", [0], [1.0])
+    b = _part(tmp_path, "b", [1], [0.8])
+    merged = tmp_path / "ab.json"
+    learning.main(["--merge", str(a), str(b), "--out", str(merged)])
+    if without_config_settings:
+        content = json.loads(merged.read_text())
+        del content["config_settings"]
+        merged.write_text(json.dumps(content))
+    c = _part(tmp_path, "c", [2], [0.9])
+    result = learning.main(["--merge", str(merged), str(c), "--out", str(tmp_path / "abc.json")])
+    assert result["rows"][0]["seeds"] == [0, 1, 2]
+    assert result["rows"][0]["success_rate_mean"] == pytest.approx(0.9)
+    other = _part(tmp_path, "d", [3], [0.9], train_freq=2)
+    with pytest.raises(SystemExit, match=r"differ .* in \['train_freq'\]"):
+        learning.main(["--merge", str(merged), str(other), "--out", str(tmp_path / "x.json")])
