@@ -275,6 +275,7 @@ class _CurveCallback(BaseCallback):
                 "route_completion": m["route_completion"],
                 "return": m["mean_return"],
                 "terminations": m["terminations"],
+                "mean_abs_jerk_ms3": m["mean_abs_jerk_ms3"],
             }
         )
         if keep:
@@ -285,7 +286,8 @@ class _CurveCallback(BaseCallback):
         train_success = np.mean([e[3] for e in recent]) if recent else float("nan")
         print(
             f"  [{time.strftime('%H:%M:%S')}] step {self.sim_steps}: eval success {m['success_rate']:.2f}, "
-            f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f} {m['terminations']}; last 10 train "
+            f"route {m['route_completion']:.3f}, return {m['mean_return']:.1f}, |jerk| {m['mean_abs_jerk_ms3']:.2f} "
+            f"{m['terminations']}; last 10 train "
             f"episodes success {train_success:.2f} ({len(self.train_episodes)} episodes)",
             flush=True,
         )
