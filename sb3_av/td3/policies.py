@@ -275,6 +275,11 @@ class EncoderActor(Actor):
         data["action_smoothing"] = self.action_smoothing
         return data
 
+    def set_action_smoothing(self, action_smoothing: ActionSmoothing) -> None:
+        """Use another ``action_smoothing`` from now on (e.g. to evaluate a trained head with another filter)."""
+        self.action_smoothing = action_smoothing
+        self._betas = smoothing_betas(action_smoothing)
+
     def smooth(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """``actions`` (the head's output) blended with the observation's previous action (see ``action_smoothing``)."""
         if not any(self._betas):
