@@ -111,9 +111,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     model = ClippedTD3.load(args.model, device="cpu")
-    if args.action_smoothing:
-        if not isinstance(model.policy.actor, EncoderActor):
-            raise SystemExit(f"action_jitter.py: {args.model} has no sb3-av EncoderActor to smooth")
+    if args.action_smoothing and isinstance(model.policy.actor, EncoderActor):  # else measure() says what is wrong
         model.policy.actor.set_action_smoothing(tuple(args.action_smoothing))
     env = gym.make(args.env, action_repeat=args.action_repeat)
     try:
