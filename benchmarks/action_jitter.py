@@ -34,7 +34,7 @@ import sb3_av  # noqa: F401  (registers the env ids)
 from sb3_av.baselines import PIDPurePursuit
 from sb3_av.evaluation import EpisodeMetrics
 from sb3_av.td3 import ClippedTD3
-from sb3_av.td3.policies import PREVIOUS_ACTION_SLICE, EncoderActor
+from sb3_av.td3.policies import EncoderActor, previous_action
 
 CONTROLS = ("steer", "throttle_brake")
 
@@ -62,7 +62,7 @@ def measure(model: ClippedTD3, env: gym.Env, episodes: int, seed: int) -> dict[s
             with th.no_grad():
                 head, action = actor.head_and_actions(tensor_obs)
             pid_action = model.policy.scale_action(np.asarray(pid.act(obs, info), dtype=np.float32)[None])[0]
-            previous = obs["vector"][PREVIOUS_ACTION_SLICE]
+            previous = previous_action(tensor_obs)[0].numpy()  # what the filter blends with
             rows.append(np.stack([head[0].numpy(), action[0].numpy(), previous, pid_action]))
             obs, _, terminated, truncated, info = env.step(model.policy.unscale_action(action.numpy())[0])
             metrics.add(info)
