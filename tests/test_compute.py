@@ -94,6 +94,24 @@ def test_auto_extractor_gives_the_features_of_the_resolved_dtype() -> None:
     assert th.equal(auto(obs), fixed(obs))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_raw_images_give_the_features_of_scaled_float_images(channels_last: bool) -> None:
+    """The uint8 fast path (scale, then reorder) equals SB3's float input scaled by 1/255, in the requested layout."""
+    th.manual_seed(0)
+    extractor = MultiInputExtractor(
+        _SPACE, cnn_output_dim=16, vector_output_dim=8, cnn_dtype="float32", channels_last=channels_last
+    )
+    raw = th.randint(0, 256, (3, 4, 84, 84), dtype=th.uint8)
+    scaled = extractor.scale_images(raw)
+    assert scaled.dtype is th.float32
+    layout = th.channels_last if channels_last else th.contiguous_format
+    assert scaled.is_contiguous(memory_format=layout)
+    assert th.equal(scaled, raw.float() * (1.0 / 255.0))
+    vector = th.randn(3, 5)
+    from_float = extractor({"image": raw.float() * (1.0 / 255.0), "vector": vector})
+    assert th.equal(extractor({"image": raw, "vector": vector}), from_float)
+
+
 @pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
 def test_default_threads_leave_half_the_cores(cores: int, threads: int) -> None:
     assert default_torch_threads(cores) == threads
