@@ -128,6 +128,9 @@ RECOMMENDED: dict[str, Any] = {
     "teacher_clone": "action",
     "image_augmentation": None,
     "augmentation_pad": 4,
+    # weight of ClippedTD3's temporal smoothness term in the actor loss (the head's squared distance to the previous
+    # action, CAPS); 0 = off
+    "smoothness_weight": 0.0,
     # a number in [0, 1): evaluate, keep and save an exponential moving average of the policy's weights with this
     # decay per agent step (PolicyWeightAverage) instead of its last weights; None = off
     "policy_average_decay": None,
@@ -191,6 +194,7 @@ def _recommended(env: gym.Env, seed: int, args: argparse.Namespace) -> ClippedTD
         max_grad_norms=r["max_grad_norms"],
         image_augmentation=r["image_augmentation"],
         augmentation_pad=r["augmentation_pad"],
+        smoothness_weight=r["smoothness_weight"],
         policy_kwargs=policy_kwargs,
         seed=seed,
         device="cpu",
@@ -792,6 +796,7 @@ def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any])
             parser.error(f"--set: {key} must be an integer number of simulation steps >= 0, got {steps!r}")
     try:
         non_negative_number("pid_teacher (0 = off)", overrides.get("pid_teacher", 0.0))
+        non_negative_number("smoothness_weight (0 = off)", overrides.get("smoothness_weight", 0.0))
     except ValueError as error:
         parser.error(f"--set: {error}")
     if not isinstance(overrides.get("teacher_q_filter", True), bool):

@@ -29,6 +29,7 @@ def test_lite_td3_config_equals_the_benchmarked_recommended_config(env_id: str) 
     repeat = {"action_repeat": recommended["action_repeat"]} if recommended["action_repeat"] != 1 else {}
     assert checked.get("env_kwargs", {}) == {**recommended["env_kwargs"], **repeat}
     assert checked.get("image_augmentation") == recommended["image_augmentation"]
+    assert checked.get("smoothness_weight", 0.0) == recommended["smoothness_weight"]
     assert "replay_buffer_kwargs" not in checked and recommended["n_steps"] == 1
     teacher = {"controller": "pid", "weight": recommended["pid_teacher"], "q_filter": recommended["teacher_q_filter"]}
     teacher["clone"] = recommended["teacher_clone"]

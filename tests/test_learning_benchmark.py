@@ -199,6 +199,7 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"pid_teacher": true}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"teacher_q_filter": 1}'], "teacher_q_filter must be true or false"),
         (["--set", '{"teacher_clone": "mu"}'], "teacher_clone must be one of ['action', 'head'], got 'mu'"),
+        (["--set", '{"smoothness_weight": -0.5}'], "smoothness_weight (0 = off) must be a finite number >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(learning, argv, message, capsys):
@@ -334,11 +335,11 @@ def test_pid_teacher_sets_the_pid_as_teacher_with_its_weight_filter_and_clone(le
 
     monkeypatch.setattr(ClippedTD3, "set_teacher", recording)
     argv = ["--tiny", "--budget", "120", "--seeds", "0", "--eval-episodes", "1", "--curve-every", "0", "--configs", "sb3av"]
-    overrides = {"pid_teacher": 0.5, "teacher_q_filter": False, "teacher_clone": "head"}
+    overrides = {"pid_teacher": 0.5, "teacher_q_filter": False, "teacher_clone": "head", "smoothness_weight": 0.25}
     learning.main([*argv, "--out", str(tmp_path / "l.json"), "--set", json.dumps(overrides)])
     ((controller, weight, q_filter, clone),) = calls
     assert isinstance(controller, PIDPurePursuit) and weight == 0.5 and q_filter is False and clone == "head"
-    assert recording.model.teacher_clone == "head"
+    assert recording.model.teacher_clone == "head" and recording.model.smoothness_weight == 0.25
     labels = recording.model.replay_buffer.teacher_actions[:120, 0]
     assert np.isfinite(labels).all() and np.abs(labels).max() <= 1.0
 

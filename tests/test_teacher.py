@@ -254,7 +254,8 @@ def test_the_term_clones_the_smoothed_action_or_the_heads_output(clone: str) -> 
     samples = model.replay_buffer.sample(16)
     heads = model._heads()
     batch = heads.encode(samples.observations)
-    loss = model._teacher_actor_loss(heads, batch, samples.teacher_actions, {"teacher_bc": [], "teacher_cloned_share": []})
+    stats: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": []}
+    loss = model._teacher_actor_loss(heads, batch, heads.actor_pass(batch), samples.teacher_actions, stats)
 
     policy = model.policy
     with th.no_grad():

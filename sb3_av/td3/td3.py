@@ -16,10 +16,21 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3 import TD3
 from torch.nn import functional as F
 
+from sb3_av._checks import non_negative_number
 from sb3_av.augmentation import AUGMENTATIONS
 from sb3_av.common.off_policy import ClippedOffPolicyMixin
 from sb3_av.grad_clip import StepNorms, validate_max_grad_norms
-from sb3_av.td3.policies import CnnPolicy, EncodedBatch, MlpPolicy, MultiInputPolicy, TD3Heads, TD3Policy
+from sb3_av.common.policies import is_driving_observation_space
+from sb3_av.td3.policies import (
+    ActorPass,
+    CnnPolicy,
+    EncodedBatch,
+    MlpPolicy,
+    MultiInputPolicy,
+    TD3Heads,
+    TD3Policy,
+    previous_action,
+)
 from sb3_av.teacher import teacher_actor_loss
 
 __all__ = ["ClippedDDPG", "ClippedTD3"]
@@ -40,6 +51,13 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
     :param image_augmentation: augmentation of the sampled image observations (and next observations) before
         each gradient step: None, or ``"random_shift"`` (DrQ's random shift by up to ``augmentation_pad`` pixels).
     :param augmentation_pad: the shift, in pixels, of ``"random_shift"``.
+    :param smoothness_weight: weight of a temporal smoothness term in the actor loss (the "temporal" term of CAPS,
+        Mysore et al. 2021, "Regularizing Action Policies for Smooth Control"), on the driving observation, which
+        carries the previous action: ``smoothness_weight * mean((head(s) - previous_action(s))^2)``, where ``head`` is
+        the actor head's output before the policy's ``action_smoothing``. Unlike a harder ``action_smoothing``
+        filter, which delays every action by the same time, the term competes with the Q term: the actor holds its
+        previous action where the critic sees little difference and moves at once where it sees one (braking for a
+        cut-in). 0 (default): SB3's actor loss. ``train/smoothness`` logs the mean squared distance.
 
     After each backward pass ``train()`` measures every group of the network in one fused pass, clips the
     groups that have a max_norm, and skips the optimizer step (weights untouched) when a gradient is NaN/Inf.
@@ -95,8 +113,10 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         max_grad_norms: dict[str, float | None] | None = None,
         image_augmentation: str | None = None,
         augmentation_pad: int = 4,
+        smoothness_weight: float = 0.0,
     ) -> None:
         self.max_grad_norms = validate_max_grad_norms(max_grad_norms)
+        self.smoothness_weight = non_negative_number("smoothness_weight", smoothness_weight)
         if image_augmentation is not None and image_augmentation not in AUGMENTATIONS:
             raise ValueError(
                 f"Unknown image_augmentation {image_augmentation!r}; choose None or one of {sorted(AUGMENTATIONS)}"
@@ -132,6 +152,11 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             device=device,
             _init_setup_model=_init_setup_model,
         )
+        if self.smoothness_weight > 0 and not is_driving_observation_space(self.observation_space):
+            raise ValueError(
+                "smoothness_weight needs the driving observation (a Dict of 'image' and 'vector', whose vector carries "
+                f"the previous action), got {self.observation_space}"
+            )
 
     def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
         return self.actor, self.critic
@@ -152,7 +177,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         critic_losses: list[th.Tensor] = []
         critic_norms: list[tuple[int, StepNorms]] = []
         actor_norms: list[tuple[int, StepNorms]] = []
-        teacher_stats: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": []}
+        teacher_stats: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": [], "smoothness": []}
         assert self.replay_buffer is not None
         for _ in range(gradient_steps):
             self._n_updates += 1
@@ -179,11 +204,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             # Delayed policy updates
             if self._n_updates % self.policy_delay == 0:
                 # Compute actor loss
-                teacher_actions = getattr(replay_data, "teacher_actions", None)
-                if self._teacher is not None and teacher_actions is not None:
-                    actor_loss = self._teacher_actor_loss(heads, batch, teacher_actions, teacher_stats)
-                else:
-                    actor_loss = -heads.actor_q_values(batch).mean()
+                actor_loss = self._actor_loss(heads, batch, replay_data, teacher_stats)
                 actor_losses.append(actor_loss.detach())
 
                 # Optimize the actor
@@ -210,11 +231,36 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             if name in losses:
                 self.logger.record(f"train/{name}", float(np.mean(losses[name])))
 
+    def _actor_loss(
+        self,
+        heads: TD3Heads,
+        batch: EncodedBatch,
+        replay_data: ReplayBufferSamples,
+        stats: dict[str, list[th.Tensor]],
+    ) -> th.Tensor:
+        """TD3's actor loss (minus the first critic's mean Q of the actor's actions), TD3+BC's with a teacher, plus
+        the smoothness term (``smoothness_weight``); the terms' values are appended to ``stats``."""
+        actor = heads.actor_pass(batch)
+        teacher_actions = getattr(replay_data, "teacher_actions", None)
+        if self._teacher is not None and teacher_actions is not None:
+            loss = self._teacher_actor_loss(heads, batch, actor, teacher_actions, stats)
+        else:
+            loss = -actor.q_values.mean()
+        if self.smoothness_weight > 0:
+            smoothness = F.mse_loss(actor.head_actions, previous_action(batch.observations))
+            stats["smoothness"].append(smoothness.detach())
+            loss = loss + self.smoothness_weight * smoothness
+        return loss
+
     def _teacher_actor_loss(
-        self, heads: TD3Heads, batch: EncodedBatch, teacher_actions: th.Tensor, stats: dict[str, list[th.Tensor]]
+        self,
+        heads: TD3Heads,
+        batch: EncodedBatch,
+        actor: ActorPass,
+        teacher_actions: th.Tensor,
+        stats: dict[str, list[th.Tensor]],
     ) -> th.Tensor:
         """TD3+BC's actor loss towards the teacher's actions (:func:`sb3_av.teacher.teacher_actor_loss`)."""
-        actor = heads.actor_pass(batch)
         q_teacher = None
         if self.teacher_q_filter:
             labelled = th.nan_to_num(teacher_actions)  # unlabelled rows are masked out whatever their Q
