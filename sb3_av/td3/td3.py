@@ -55,9 +55,10 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         Mysore et al. 2021, "Regularizing Action Policies for Smooth Control"), on the driving observation, which
         carries the previous action: ``smoothness_weight * mean((head(s) - previous_action(s))^2)``, where ``head`` is
         the actor head's output before the policy's ``action_smoothing``. Unlike a harder ``action_smoothing``
-        filter, which delays every action by the same time, the term competes with the Q term: the actor holds its
-        previous action where the critic sees little difference and moves at once where it sees one (braking for a
-        cut-in). 0 (default): SB3's actor loss. ``train/smoothness`` logs the mean squared distance.
+        filter, which delays every action by the same time, the term competes with the Q term (meant to hold the
+        action where the critic sees little difference and to move it where it sees one; on LiteScenario2 with the
+        PID teacher it learned worse than without it: README, Learning). 0 (default): SB3's actor loss.
+        ``train/smoothness`` logs the mean squared distance.
 
     After each backward pass ``train()`` measures every group of the network in one fused pass, clips the
     groups that have a max_norm, and skips the optimizer step (weights untouched) when a gradient is NaN/Inf.
@@ -177,7 +178,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         critic_losses: list[th.Tensor] = []
         critic_norms: list[tuple[int, StepNorms]] = []
         actor_norms: list[tuple[int, StepNorms]] = []
-        teacher_stats: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": [], "smoothness": []}
+        actor_terms: dict[str, list[th.Tensor]] = {"teacher_bc": [], "teacher_cloned_share": [], "smoothness": []}
         assert self.replay_buffer is not None
         for _ in range(gradient_steps):
             self._n_updates += 1
@@ -204,7 +205,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
             # Delayed policy updates
             if self._n_updates % self.policy_delay == 0:
                 # Compute actor loss
-                actor_loss = self._actor_loss(heads, batch, replay_data, teacher_stats)
+                actor_loss = self._actor_loss(heads, batch, replay_data, actor_terms)
                 actor_losses.append(actor_loss.detach())
 
                 # Optimize the actor
@@ -222,12 +223,12 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         if gradient_steps == 0:
             return  # no losses to log (SB3 would log the mean of nothing, NaN)
         losses = self._flush_train_stats(
-            critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses, **teacher_stats}
+            critic_norms, actor_norms, {"actor": actor_losses, "critic": critic_losses, **actor_terms}
         )
         if len(actor_losses) > 0:
             self.logger.record("train/actor_loss", float(np.mean(losses["actor"])))
         self.logger.record("train/critic_loss", float(np.mean(losses["critic"])))
-        for name in teacher_stats:
+        for name in actor_terms:
             if name in losses:
                 self.logger.record(f"train/{name}", float(np.mean(losses[name])))
 
