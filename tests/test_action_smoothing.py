@@ -79,7 +79,7 @@ def test_training_heads_use_the_smoothed_action() -> None:
     previous = batch.observations["vector"][:, 3:5].clamp(-1, 1)
     assert th.allclose(actions, (1 - beta) * raw + beta * previous, atol=1e-6)
     assert th.allclose(actions, model.policy.actor(batch.observations), atol=1e-5)  # the forward path agrees
-    heads.actor_q_values(encoded).mean().backward()
+    heads.actor_pass(encoded).q_values.mean().backward()
     assert model.policy.actor.mu[0].weight.grad is not None and model.policy.actor.mu[0].weight.grad.abs().sum() > 0
 
 

@@ -154,10 +154,6 @@ class TD3Heads:
         critic = self.policy.critic_target if target else self.policy.critic
         return critic(batch.observations, actions)
 
-    def actor_q_values(self, batch: EncodedBatch) -> th.Tensor:
-        """The first critic's Q-values ``(batch, 1)`` of the actor's actions: the actor loss is minus their mean."""
-        return self.actor_pass(batch).q_values
-
     def actor_pass(self, batch: EncodedBatch) -> ActorPass:
         """The actor's head outputs and actions and the first critic's Q-values of the actions, as the actor loss
         reads them (with gradient to the actor)."""

@@ -156,7 +156,7 @@ class ClippedTD3(ClippedOffPolicyMixin, TD3):
         if self.smoothness_weight > 0 and not is_driving_observation_space(self.observation_space):
             raise ValueError(
                 "smoothness_weight needs the driving observation (a Dict of 'image' and 'vector', whose vector carries "
-                f"the previous action), got {self.observation_space}"
+                f"the previous action), got {self.observation_space}; leave smoothness_weight at 0 on other spaces"
             )
 
     def _clipped_networks(self) -> tuple[BaseModel, BaseModel]:
