@@ -82,7 +82,7 @@ from sb3_av.envs.wrappers import (
 )
 from sb3_av.evaluation import evaluate
 from sb3_av.td3 import ClippedTD3
-from sb3_av.teacher import CLONE_TARGETS
+from sb3_av.teacher import CLONE_TARGETS, clone_target
 from sb3_av.zoo.config import checked_learning_rate
 
 __all__ = ["CONFIGS", "RECOMMENDED", "main", "run_benchmark"]
@@ -797,12 +797,11 @@ def _check_overrides(parser: argparse.ArgumentParser, overrides: dict[str, Any])
     try:
         non_negative_number("pid_teacher (0 = off)", overrides.get("pid_teacher", 0.0))
         non_negative_number("smoothness_weight (0 = off)", overrides.get("smoothness_weight", 0.0))
+        clone_target("teacher_clone", overrides.get("teacher_clone", CLONE_TARGETS[0]))
     except ValueError as error:
         parser.error(f"--set: {error}")
     if not isinstance(overrides.get("teacher_q_filter", True), bool):
         parser.error(f"--set: teacher_q_filter must be true or false, got {overrides['teacher_q_filter']!r}")
-    if overrides.get("teacher_clone", CLONE_TARGETS[0]) not in CLONE_TARGETS:
-        parser.error(f"--set: teacher_clone must be one of {list(CLONE_TARGETS)}, got {overrides['teacher_clone']!r}")
     if not isinstance(overrides.get("curve_on_cycle", False), bool):
         parser.error(f"--set: curve_on_cycle must be true or false, got {overrides['curve_on_cycle']!r}")
 

@@ -36,10 +36,22 @@ from typing import NamedTuple
 
 import torch as th
 
-__all__ = ["CLONE_TARGETS", "TeacherLoss", "teacher_actor_loss"]
+__all__ = ["CLONE_TARGETS", "TeacherLoss", "clone_target", "teacher_actor_loss"]
 
 #: What the behaviour-cloning term pulls towards the teacher's action: the executed action or the actor head's output.
 CLONE_TARGETS = ("action", "head")
+
+
+def clone_target(what: str, value: object) -> str:
+    """Check a clone target (one of :data:`CLONE_TARGETS`) and return it.
+
+    :param what: the name the user set it by, for the message (e.g. ``"teacher clone"``, ``"--set: teacher_clone"``).
+    :param value: the value to check.
+    :raises ValueError: when ``value`` is not one of :data:`CLONE_TARGETS`.
+    """
+    if isinstance(value, str) and value in CLONE_TARGETS:
+        return value
+    raise ValueError(f"{what} must be one of {', '.join(map(repr, CLONE_TARGETS))}, got {value!r}")
 
 
 class TeacherLoss(NamedTuple):

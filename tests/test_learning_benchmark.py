@@ -198,7 +198,7 @@ def _policy_weights(save_dir: Path) -> dict[str, th.Tensor]:
         (["--set", '{"pid_teacher": -1}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"pid_teacher": true}'], "pid_teacher (0 = off) must be a finite number >= 0"),
         (["--set", '{"teacher_q_filter": 1}'], "teacher_q_filter must be true or false"),
-        (["--set", '{"teacher_clone": "mu"}'], "teacher_clone must be one of ['action', 'head'], got 'mu'"),
+        (["--set", '{"teacher_clone": "mu"}'], "teacher_clone must be one of 'action', 'head', got 'mu'"),
         (["--set", '{"smoothness_weight": -0.5}'], "smoothness_weight (0 = off) must be a finite number >= 0"),
     ],
 )

@@ -132,7 +132,7 @@ def test_validate_normalises_and_names_the_key() -> None:
         ({"controller": "pid", "weight": 0}, "teacher weight must be a finite number > 0, got 0"),
         ({"controller": "pid", "weight": 1, "q_filter": "no"}, "teacher q_filter must be true or false"),
         ({"controller": "pid", "weight": 1, "alpha": 2.5}, "unknown teacher argument(s) ['alpha']"),
-        ({"controller": "pid", "weight": 1, "clone": "mu"}, "teacher clone must be one of ['action', 'head']"),
+        ({"controller": "pid", "weight": 1, "clone": "mu"}, "teacher clone must be one of 'action', 'head', got 'mu'"),
     ]
     for value, message in teacher_cases:
         with pytest.raises(ConfigError) as info:

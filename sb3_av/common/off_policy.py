@@ -24,7 +24,7 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from sb3_av._checks import is_int, positive_number
 from sb3_av.buffers import FrameStackDictReplayBuffer, default_replay_buffer_for
 from sb3_av.clipping import GradClipMixin
-from sb3_av.teacher import CLONE_TARGETS
+from sb3_av.teacher import clone_target
 from sb3_av.warmup import ControllerWarmup, WarmupController
 
 __all__ = ["ClippedOffPolicyMixin"]
@@ -104,8 +104,7 @@ class ClippedOffPolicyMixin(GradClipMixin, _OffPolicyBase):
         weight = positive_number("the teacher's weight", weight)
         if not isinstance(q_filter, bool):
             raise ValueError(f"q_filter must be True or False, got {q_filter!r}")
-        if clone not in CLONE_TARGETS:
-            raise ValueError(f"clone must be one of {', '.join(map(repr, CLONE_TARGETS))}, got {clone!r}")
+        clone = clone_target("clone", clone)
         if not isinstance(self.action_space, spaces.Box):
             raise ValueError(f"a teacher needs a Box action space, got {self.action_space}")
         if not isinstance(self.replay_buffer, FrameStackDictReplayBuffer):

@@ -31,7 +31,7 @@ from sb3_av.envs.wrappers import (
     ScenarioCycle,
 )
 from sb3_av.grad_clip import GROUP_NAMES, validate_max_grad_norms
-from sb3_av.teacher import CLONE_TARGETS
+from sb3_av.teacher import CLONE_TARGETS, clone_target
 
 __all__ = [
     "ACTIVATIONS",
@@ -364,9 +364,7 @@ def _teacher(value: Any) -> dict[str, Any]:
     q_filter = entry.get("q_filter", False)
     if not isinstance(q_filter, bool):
         raise ValueError(f"teacher q_filter must be true or false, got {q_filter!r}")
-    clone = entry.get("clone", CLONE_TARGETS[0])
-    if clone not in CLONE_TARGETS:
-        raise ValueError(f"teacher clone must be one of {list(CLONE_TARGETS)}, got {clone!r}")
+    clone = clone_target("teacher clone", entry.get("clone", CLONE_TARGETS[0]))
     return {"controller": entry["controller"], "weight": weight, "q_filter": q_filter, "clone": clone}
 
 
