@@ -15,6 +15,7 @@ rejects (an unknown kwarg, or NPCs that do not fit on the road) is reported as s
         --out benchmarks/results/robustness_lite0.json
     python benchmarks/robustness.py RUN --variations scenario camera_noise_16 --add 'npc_60={"npc_vehicles": 60}'
     python benchmarks/robustness.py --env LiteScenario1-v0 -n 20          # the PID baseline alone
+    python benchmarks/robustness.py --merge seed0.json seeds1_2.json --out all.json   # models run at other times
 """
 
 from __future__ import annotations
@@ -164,12 +165,66 @@ def run_variation(
         return {**row, "skipped": str(exc)}
     row["pid"] = pid
     row["models"] = per_model
+    return _with_model_summary(row)
+
+
+def _with_model_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with the models' mean metrics, their minimum success and the verdict (when it has models)."""
+    per_model, pid = row["models"], row["pid"]
     if per_model:
         keys = ("success_rate", "route_completion", "collisions_per_km", "mean_speed_ms", "mean_abs_jerk_ms3")
         row["model"] = {key: _nanmean([m[key] for m in per_model]) for key in keys}
         row["model"]["success_rate_min"] = min(m["success_rate"] for m in per_model)
         row["holds_up"] = None if pid["success_rate"] < THRESHOLD else row["model"]["success_rate"] >= THRESHOLD
     return row
+
+
+#: What result files must share to be merged: the base scenario and the episodes every policy drove.
+MERGE_KEYS = ("env_id", "env_kwargs", "n_episodes", "seed", "threshold")
+
+
+def merge_results(payloads: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One result from several ``--out`` files of other models on the same episodes (models run at different times).
+
+    A row's models are those of the files that ran its variation (``row["model_paths"]`` names them), in file order;
+    the PID's row is the first file's, after checking that every file's PID ended the same episodes the same way.
+
+    :param payloads: ``(file name, parsed --out JSON)`` pairs.
+    :raises ValueError: the files differ in a :data:`MERGE_KEYS` entry, a variation's env kwargs, or the PID's episodes.
+    """
+    (first_name, first), *rest = payloads
+    for name, payload in rest:
+        for key in MERGE_KEYS:
+            if payload.get(key) != first.get(key):
+                raise ValueError(
+                    f"{name} has {key}={payload.get(key)!r}, {first_name} {first.get(key)!r}: not the same episodes"
+                )
+    rows: dict[str, dict[str, Any]] = {}
+    for name, payload in payloads:
+        for row in payload["rows"]:
+            merged = rows.get(row["name"])
+            if merged is not None and merged["env_kwargs"] != row["env_kwargs"]:
+                raise ValueError(f"{name}: variation {row['name']!r} is {row['env_kwargs']}, elsewhere {merged['env_kwargs']}")
+            if "skipped" in row:
+                rows.setdefault(row["name"], dict(row))
+                continue
+            if merged is None or "skipped" in merged:
+                rows[row["name"]] = merged = {**row, "models": [], "model_paths": []}
+            elif _episode_outcomes(merged["pid"]) != _episode_outcomes(row["pid"]):
+                raise ValueError(f"{name}: the PID's episodes of {row['name']!r} ended otherwise than in {first_name}")
+            merged["models"].extend(row.get("models", []))
+            merged["model_paths"].extend(payload["models"])
+    return {
+        **{key: first.get(key) for key in MERGE_KEYS},
+        "models": [path for _, payload in payloads for path in payload["models"]],
+        "algos": [algo for _, payload in payloads for algo in payload.get("algos", [])],
+        "merged_from": [name for name, _ in payloads],
+        "rows": [row if "skipped" in row else _with_model_summary(row) for row in rows.values()],
+    }
+
+
+def _episode_outcomes(metrics: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(episode["seed"], episode["termination"]) for episode in metrics.get("episodes", [])]
 
 
 def _nanmean(values: list[float]) -> float:
@@ -251,11 +306,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: sb3-av's choice)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="instead of evaluating: one table from --out files of other models on the same episodes",
+    )
     return parser
+
+
+def _merge_main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.models:
+        raise SystemExit("robustness.py: error: --merge takes result files, not models")
+    try:
+        payloads = [(str(path), json.loads(path.read_text())) for path in args.merge]
+        merged = merge_results(payloads)
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+        raise SystemExit(f"robustness.py: error: --merge: {exc}") from None
+    print(f"{len(merged['models'])} model(s) and the PID baseline on {merged['env_id']} (merged)\n")
+    print(format_table(merged["rows"]))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2, default=_json_default))
+    return merged["rows"]
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        return _merge_main(args)
     if args.n_episodes < 1:
         raise SystemExit(f"-n must be >= 1, got {args.n_episodes}")
     variations = dict(VARIATIONS)

@@ -114,3 +114,38 @@ def test_bad_arguments(robustness: Any, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=None) as info:
         robustness.main(argv)
     assert message in str(info.value)
+
+
+def test_merge_equals_one_run_of_all_models(robustness: Any, models: list[Path], tmp_path: Path, capsys: Any) -> None:
+    """Files of one model each merge into the result of one run with both models (same rows, same numbers)."""
+    common = ["--env", ENV_ID, "-n", "1", "--threads", "1", "--variations", "scenario"]
+    outs = [tmp_path / f"{name}.json" for name in ("m0", "m1", "both")]
+    for paths, out in ((models[:1], outs[0]), (models[1:], outs[1]), (models, outs[2])):
+        robustness.main([*map(str, paths), *common, "--add", 'unknown={"no_such_kwarg": 1}', "--out", str(out)])
+    capsys.readouterr()
+    merged_path = tmp_path / "merged.json"
+    rows = robustness.main(["--merge", str(outs[0]), str(outs[1]), "--out", str(merged_path)])
+    table = capsys.readouterr().out
+    both = json.loads(outs[2].read_text())
+    merged = json.loads(merged_path.read_text())
+    assert merged["models"] == both["models"] and merged["merged_from"] == [str(outs[0]), str(outs[1])]
+    assert [row["name"] for row in rows] == ["scenario", "unknown"] and "skipped" in rows[1]
+    row, want = merged["rows"][0], both["rows"][0]
+    assert row["model_paths"] == [str(p) for p in models]
+    assert row["pid"] == want["pid"] and row["models"] == want["models"]
+    assert row["model"] == want["model"] and row["holds_up"] == want["holds_up"] is False
+    assert robustness.format_table(both["rows"]) in table
+
+    # Not the same episodes, or a PID that ended an episode otherwise: refused with the file's name.
+    other = json.loads(outs[1].read_text())
+    (tmp_path / "n2.json").write_text(json.dumps({**other, "n_episodes": 2}))
+    other["rows"][0]["pid"]["episodes"][0]["termination"] = "collision"
+    (tmp_path / "pid.json").write_text(json.dumps(other))
+    for name, message in (("n2.json", "has n_episodes=2"), ("pid.json", "the PID's episodes of 'scenario' ended otherwise")):
+        with pytest.raises(SystemExit) as info:
+            robustness.main(["--merge", str(outs[0]), str(tmp_path / name)])
+        assert message in str(info.value) and name in str(info.value)
+    with pytest.raises(SystemExit, match="--merge takes result files, not models"):
+        robustness.main([str(models[0]), "--merge", str(outs[0])])
+    with pytest.raises(SystemExit, match=r"no_such\.json"):
+        robustness.main(["--merge", str(tmp_path / "no_such.json")])
