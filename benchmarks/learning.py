@@ -124,9 +124,8 @@ RECOMMENDED: dict[str, Any] = {
     "pid_teacher": 1.0,
     "teacher_q_filter": False,
     # what the teacher's term pulls towards the PID's action: the executed "action" (TD3+BC) or the actor "head"'s
-    # output before action_smoothing (sb3_av.teacher); the head: on the executed action the term leaves the head free
-    # to jitter, and the filter passes the jitter on as jerk (README, Learning)
-    "teacher_clone": "head",
+    # output before action_smoothing (sb3_av.teacher)
+    "teacher_clone": "action",
     "image_augmentation": None,
     "augmentation_pad": 4,
     # weight of ClippedTD3's temporal smoothness term in the actor loss (the head's squared distance to the previous
@@ -145,8 +144,7 @@ RECOMMENDED: dict[str, Any] = {
             "cnn_dtype": "auto",
             "channels_last": True,
         },
-        # [steer, throttle_brake]: the jerk comes from the second; 0.95 brakes too late for a cut-in (README, Learning)
-        "action_smoothing": [0.7, 0.93],
+        "action_smoothing": [0.7, 0.92],  # [steer, throttle_brake]: the jerk comes from the second
     },
 }
 
