@@ -45,7 +45,8 @@ CLONE_TARGETS = ("action", "head")
 def clone_target(what: str, value: object) -> str:
     """Check a clone target (one of :data:`CLONE_TARGETS`) and return it.
 
-    :param what: the name the user set it by, for the message (e.g. ``"teacher clone"``, ``"--set: teacher_clone"``).
+    :param what: the name the user set it by, for the message (e.g. ``"teacher clone"`` for the YAML entry,
+        ``"teacher_clone"`` for ``learning.py --set``, which adds its own ``--set:`` prefix).
     :param value: the value to check.
     :raises ValueError: when ``value`` is not one of :data:`CLONE_TARGETS`.
     """
