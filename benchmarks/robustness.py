@@ -213,7 +213,8 @@ def merge_results(payloads: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             elif _episode_outcomes(merged["pid"]) != _episode_outcomes(row["pid"]):
                 raise ValueError(f"{name}: the PID's episodes of {row['name']!r} ended otherwise than in {first_name}")
             merged["models"].extend(row.get("models", []))
-            merged["model_paths"].extend(payload["models"])
+            # a merged file's row names its own models (it may not have run with every model of that file)
+            merged["model_paths"].extend(row.get("model_paths", payload["models"]))
     return {
         **{key: first.get(key) for key in MERGE_KEYS},
         "models": [path for _, payload in payloads for path in payload["models"]],

@@ -136,6 +136,14 @@ def test_merge_equals_one_run_of_all_models(robustness: Any, models: list[Path],
     assert row["model"] == want["model"] and row["holds_up"] == want["holds_up"] is False
     assert robustness.format_table(both["rows"]) in table
 
+    # A merged file merges again: a row counts the models that ran it, not every model of its file.
+    partial = json.loads(merged_path.read_text())
+    partial["rows"][0] = {**partial["rows"][0], "models": row["models"][:1], "model_paths": [str(models[0])]}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    remerged = robustness.main(["--merge", str(tmp_path / "partial.json"), str(outs[1])])
+    assert remerged[0]["model_paths"] == [str(p) for p in models] and remerged[0]["models"] == want["models"]
+    capsys.readouterr()
+
     # Not the same episodes, or a PID that ended an episode otherwise: refused with the file's name.
     other = json.loads(outs[1].read_text())
     (tmp_path / "n2.json").write_text(json.dumps({**other, "n_episodes": 2}))
