@@ -215,10 +215,16 @@ def merge_results(payloads: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             merged["models"].extend(row.get("models", []))
             # a merged file's row names its own models (it may not have run with every model of that file)
             merged["model_paths"].extend(row.get("model_paths", payload["models"]))
+    # each model once, with its algo, though several files ran it (on other variations)
+    algo_of_model = {
+        path: algo
+        for _, payload in payloads
+        for path, algo in zip(payload["models"], payload.get("algos") or [None] * len(payload["models"]), strict=True)
+    }
     return {
         **{key: first.get(key) for key in MERGE_KEYS},
-        "models": [path for _, payload in payloads for path in payload["models"]],
-        "algos": [algo for _, payload in payloads for algo in payload.get("algos", [])],
+        "models": list(algo_of_model),
+        "algos": list(algo_of_model.values()),
         "merged_from": [name for name, _ in payloads],
         "rows": [row if "skipped" in row else _with_model_summary(row) for row in rows.values()],
     }

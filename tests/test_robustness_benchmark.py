@@ -142,7 +142,7 @@ def test_merge_equals_one_run_of_all_models(robustness: Any, models: list[Path],
     (tmp_path / "partial.json").write_text(json.dumps(partial))
     remerged = robustness.main(["--merge", str(tmp_path / "partial.json"), str(outs[1])])
     assert remerged[0]["model_paths"] == [str(p) for p in models] and remerged[0]["models"] == want["models"]
-    capsys.readouterr()
+    assert "2 model(s)" in capsys.readouterr().out  # each model once, though two files ran models[1]
 
     # Not the same episodes, or a PID that ended an episode otherwise: refused with the file's name.
     other = json.loads(outs[1].read_text())
