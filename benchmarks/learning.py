@@ -11,9 +11,10 @@ episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.pn
   CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
   frame-stack replay buffer, a training reward with an
   over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`) and a jerk penalty, scaled by 0.1, Gaussian action
-  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps, and the PID baseline as a teacher (TD3+BC's
-  behaviour-cloning term towards its action on every transition, weight 1, no Q-filter: ``pid_teacher``;
-  ``--set '{"pid_teacher": 0}'`` is the recipe without it). Random-shift augmentation and n-step returns
+  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps, a policy filter on the actions (``action_smoothing``
+  [0.7, 0.93] for [steer, throttle_brake]) and the PID baseline as a teacher (TD3+BC's behaviour-cloning term towards
+  its action on every transition, on the actor head's output before the filter, weight 1, no Q-filter:
+  ``pid_teacher``, ``teacher_clone``; ``--set '{"pid_teacher": 0}'`` is the recipe without it). Random-shift augmentation and n-step returns
   are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
   learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training
   and evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
@@ -124,8 +125,9 @@ RECOMMENDED: dict[str, Any] = {
     "pid_teacher": 1.0,
     "teacher_q_filter": False,
     # what the teacher's term pulls towards the PID's action: the executed "action" (TD3+BC) or the actor "head"'s
-    # output before action_smoothing (sb3_av.teacher)
-    "teacher_clone": "action",
+    # output before action_smoothing (sb3_av.teacher); the head: on the executed action the term leaves the head free
+    # to jitter, and the filter passes the jitter on as jerk (README, Learning)
+    "teacher_clone": "head",
     "image_augmentation": None,
     "augmentation_pad": 4,
     # weight of ClippedTD3's temporal smoothness term in the actor loss (the head's squared distance to the previous
@@ -144,7 +146,8 @@ RECOMMENDED: dict[str, Any] = {
             "cnn_dtype": "auto",
             "channels_last": True,
         },
-        "action_smoothing": [0.7, 0.92],  # [steer, throttle_brake]: the jerk comes from the second
+        # [steer, throttle_brake]: the jerk comes from the second; 0.95 brakes too late for a cut-in (README, Learning)
+        "action_smoothing": [0.7, 0.93],
     },
 }
 

@@ -19,7 +19,7 @@ teacher action was stored. The teacher only labels: it never acts (a warm-up con
 With a policy that smooths its actions (``action_smoothing``: the action is ``(1 - beta) * head + beta * previous
 action``), ``clone`` chooses what the term pulls towards the teacher's action: ``"action"`` (TD3+BC), the action the
 env executes, or ``"head"``, the actor head's output before the smoothing. On the smoothed action the term weighs the
-head's output only by ``(1 - beta)^2`` (0.0064 at the recipe's throttle beta of 0.92) and pulls it towards
+head's output only by ``(1 - beta)^2`` (0.0049 at the recipe's throttle beta of 0.93) and pulls it towards
 ``(a_teacher - beta * previous) / (1 - beta)``, which amplifies every difference between the teacher's action and the
 previous one ``1 / (1 - beta)`` times: it leaves the head free to jitter, the jitter the smoothing then passes on as
 jerk. On the head, the head follows the teacher's (smooth) action itself and the executed action is its low-pass.
