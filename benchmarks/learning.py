@@ -7,25 +7,25 @@ episodes (seeds 20000, ...) every ``--curve-every`` steps. The PID + pure-pursui
 episodes. Results go to ``--out`` (JSON, written after every run) and ``<out>.png`` (curves).
 
 - ``sb3av``: :class:`~sb3_av.td3.ClippedTD3` with sb3-av's recommended settings (:data:`RECOMMENDED`, equal to the
-  ``LiteScenario*`` blocks of ``sb3_av/configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where the
-  CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
-  frame-stack replay buffer, a training reward with an
-  over-speed penalty (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`) and a jerk penalty, scaled by 0.1, Gaussian action
-  noise (sigma 0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps, a policy filter on the actions (``action_smoothing``
-  [0.7, 0.93] for [steer, throttle_brake]) and the PID baseline as a teacher (TD3+BC's behaviour-cloning term towards
-  its action on every transition, on the actor head's output before the filter, weight 1, no Q-filter:
-  ``pid_teacher``, ``teacher_clone``; ``--set '{"pid_teacher": 0}'`` is the recipe without it). Random-shift augmentation and n-step returns
-  are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
-  learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training
-  and evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
+  ``LiteScenario*`` blocks of ``sb3_av/configs/td3.yml``): one critic-trained encoder (DrQ-v2 style), bfloat16 where
+  the CPU has it natively (``cnn_dtype: auto``, else float32) + channels-last convolutions, critic-CNN clipping, the
+  frame-stack replay buffer, a training reward with an over-speed penalty
+  (:class:`~sb3_av.envs.wrappers.OverspeedPenalty`) and a jerk penalty, scaled by 0.1, Gaussian action noise (sigma
+  0.2), tau 0.01, lr 3e-4, 1000 random warm-up steps, a policy filter on the actions (``action_smoothing`` [0.7, 0.93]
+  for [steer, throttle_brake]) and the PID baseline as a teacher (TD3+BC's behaviour-cloning term towards its action
+  on every transition, on the actor head's output before the filter, weight 1, no Q-filter: ``pid_teacher``,
+  ``teacher_clone``; ``--set '{"pid_teacher": 0}'`` is the recipe without it). Random-shift augmentation and n-step
+  returns are options (``--set '{"image_augmentation": "random_shift", "n_steps": 3}'``); in short budgets both slowed
+  learning. ``--set '{"action_repeat": 2}'`` gives the agent a control period of 2 simulation steps (in training and
+  evaluation; the budget and ``--train-freq`` still count simulation steps). ``--set '{"policy_average_decay":
   0.9995}'`` evaluates, keeps and saves a moving average of the policy's weights
-  (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse (README).
-  ``--set '{"pid_warmup": 6000}'`` lets the PID baseline drive the first 6000 simulation steps instead of SB3's
-  uniform random warm-up actions (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`);
-  it did not shorten the early phase of rear-ending the first slow NPC (README). ``pid_teacher`` (a weight)
-  labels every transition with the PID baseline's action and adds TD3+BC's behaviour-cloning term towards it, with
-  this weight, to the actor loss (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`; Q-filtered
-  with ``"teacher_q_filter": true``).
+  (:class:`~sb3_av.callbacks.PolicyWeightAverage`) instead of its last weights; on LiteScenario2 it drove worse
+  (README). ``--set '{"pid_warmup": 6000}'`` lets the PID baseline drive the first 6000 simulation steps instead of
+  SB3's uniform random warm-up actions
+  (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_warmup_controller`); it did not shorten the early phase
+  of rear-ending the first slow NPC (README). ``pid_teacher`` (a weight) labels every transition with the PID
+  baseline's action and adds TD3+BC's behaviour-cloning term towards it, with this weight, to the actor loss
+  (:meth:`~sb3_av.common.off_policy.ClippedOffPolicyMixin.set_teacher`; Q-filtered with ``"teacher_q_filter": true``).
   Evaluation runs on the plain env otherwise (no reward wrappers: success does not depend on the reward).
 - ``sb3_default``: ``stable_baselines3.TD3("MultiInputPolicy", env)`` with SB3's defaults (CombinedExtractor,
   net_arch [400, 300], lr 1e-3, batch 256, learning_starts 100, no action noise); buffer_size capped to the
